@@ -1,0 +1,103 @@
+"""The backend protocol (one per format) and the engine-independent generation loop.
+
+Backends only turn token ids into next-token ids (`Session.stream`) and log-probs (`Session.logprobs`);
+stopping, the token cap and timing live here, so every format is measured and stopped the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from runner.memory import peak_rss_mb
+from runner.records import ArtifactInfo, Generation, ModelSourceInfo, SamplerParams
+from runner.store import Store
+
+
+class Session(Protocol):
+    def __enter__(self) -> "Session": ...
+    def __exit__(self, *exc: Any) -> None: ...
+    def stream(self, prompt_ids: list[int], sampler: SamplerParams) -> Iterator[int]:
+        """Next-token ids after `prompt_ids` with `sampler`, until the caller stops consuming."""
+    def logprobs(self, token_ids: list[int]) -> np.ndarray:
+        """float32 [len(token_ids), vocab]: row i is the log-softmax predicting token i+1, fresh context."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
+                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+        """Build or reuse the converted/quantized model in the store."""
+
+    def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> Session:
+        """A loaded model; use as a context manager so memory is freed on exit."""
+
+    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
+        """Runtime settings that can change generated tokens (part of generation cache keys)."""
+
+
+def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, stop_ids: list[int]) -> Generation:
+    """The single generation loop: same stop rule, token cap and timing for every engine."""
+    stop = set(stop_ids)
+    tokens: list[int] = []
+    finish = "length"
+    t0 = time.perf_counter()
+    t_first = t_last = t0
+    stream = session.stream(prompt_ids, sampler)
+    try:
+        for tok in stream:
+            t_last = time.perf_counter()
+            if not tokens and t_first == t0:
+                t_first = t_last
+            if tok in stop:
+                finish = "stop"
+                break
+            tokens.append(int(tok))
+            if len(tokens) >= sampler.max_tokens:
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+    wall = time.perf_counter() - t0
+    ttft = t_first - t0
+    n_after_first = len(tokens) - 1 + (finish == "stop")
+    decode_s = t_last - t_first
+    return Generation(
+        text="", token_ids=tokens, prompt_tokens=len(prompt_ids), completion_tokens=len(tokens),
+        finish_reason=finish, ttft_s=ttft, prompt_tps=len(prompt_ids) / ttft if ttft > 0 else 0.0,
+        gen_tps=n_after_first / decode_s if decode_s > 0 and n_after_first > 0 else 0.0,
+        wall_s=wall, peak_memory_mb=peak_rss_mb(),
+    )
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float32, copy=False)
+    m = logits.max(axis=-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+
+
+def safetensors_data_bytes(path: Path) -> int:
+    """Tensor bytes of a safetensors file (size minus header)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        json.loads(f.read(n))
+    return path.stat().st_size - 8 - n
+
+
+def artifact_info(entry: Any, path: Path, tensor_bytes: int, source: ModelSourceInfo, cache_hit: bool,
+                  warnings: list[str] | None = None) -> ArtifactInfo:
+    """Uniform bits/weight for every format: 8 × tensor bytes / source parameter count."""
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    bpw = 8 * tensor_bytes / source.n_params if source.n_params else None
+    m = entry.manifest
+    return ArtifactInfo(key=entry.key, path=str(path), size_bytes=size, bits_per_weight=bpw,
+                        build_s=float(m.get("build_s", 0.0)), cache_hit=cache_hit,
+                        tool_versions=m.get("tool_versions", {}), params=m["payload"].get("params", {}),
+                        warnings=list(warnings if warnings is not None else m.get("warnings", [])))

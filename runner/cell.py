@@ -1,0 +1,91 @@
+"""A cell of the matrix, built from the composed Hydra config, and its validity check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.records import CellIdentity, SamplerParams
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class Cell:
+    identity: CellIdentity
+    model: dict[str, Any]
+    format: dict[str, Any]
+    precision: dict[str, Any]
+    generation: dict[str, Any]
+    prompts: dict[str, Any]
+    judge: dict[str, Any]
+    fidelity: dict[str, Any]
+    seed: int
+    repeats: int
+    store_dir: str
+    baseline: str
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = {k: v for k, v in plain.items() if k != "hydra"}
+        ident = CellIdentity(
+            model=plain["model"]["name"], format=plain["format"]["name"], precision=plain["precision"]["name"],
+            generation=plain["generation"]["name"], prompts=plain["prompts"]["name"], judge=plain["judge"]["name"],
+            overrides=list(overrides or []), job_num=job_num,
+        )
+        return cls(ident, plain["model"], plain["format"], plain["precision"], plain["generation"], plain["prompts"],
+                   plain["judge"], plain.get("fidelity") or {"enabled": False}, int(plain["seed"]),
+                   int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]))
+
+    def invalid_reason(self) -> str | None:
+        """Why this format × precision pair cannot run (a skip, not an error), or None."""
+        formats = self.precision.get("formats") or []
+        if self.format["name"] not in formats:
+            return (f"precision {self.precision['name']!r} does not apply to format {self.format['name']!r} "
+                    f"(it applies to: {', '.join(formats)})")
+        return None
+
+    def reference_configs(self, reference: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(format cfg, precision cfg) of a FORMAT_PRECISION reference such as `gguf_fp16`.
+
+        This cell's own group configs are used where they match (so overrides apply), else the YAML files.
+        """
+        fmt, _, precision = reference.partition("_")
+        if not precision:
+            raise ValueError(f"baseline={reference!r}: expected FORMAT_PRECISION, e.g. gguf_fp16")
+        def group(name: str, option: str, own: dict[str, Any]) -> dict[str, Any]:
+            if own.get("name") == option:
+                return own
+            path = CONF_DIR / name / f"{option}.yaml"
+            if not path.is_file():
+                raise ValueError(f"baseline={reference!r}: no config {path}")
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        fmt_cfg, prec_cfg = group("format", fmt, self.format), group("precision", precision, self.precision)
+        if fmt not in (prec_cfg.get("formats") or []):
+            raise ValueError(f"baseline={reference!r}: precision {precision!r} does not apply to format {fmt!r}")
+        return fmt_cfg, prec_cfg
+
+    def is_reference(self, reference: str) -> bool:
+        return reference == f"{self.format['name']}_{self.precision['name']}"
+
+    def sampler(self, repeat: int = 0) -> SamplerParams:
+        g = self.generation
+        return SamplerParams(float(g["temperature"]), float(g["top_p"]), int(g["top_k"]), float(g["min_p"]),
+                             float(g["repetition_penalty"]), int(g["max_tokens"]), self.seed + repeat)
+
+    def validate(self) -> None:
+        """User-caused config errors, raised once with the key at fault."""
+        g = self.generation
+        if int(g["max_tokens"]) <= 0:
+            raise ValueError(f"generation.max_tokens must be > 0, got {g['max_tokens']} (conf/generation/{g['name']}.yaml)")
+        if not 0.0 <= float(g["temperature"]):
+            raise ValueError(f"generation.temperature must be >= 0, got {g['temperature']}")
+        if not 0.0 < float(g["top_p"]) <= 1.0:
+            raise ValueError(f"generation.top_p must be in (0, 1], got {g['top_p']}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")

@@ -1,0 +1,200 @@
+"""Cell records → one pandas matrix (one row per cell). Also the Hydra callback that runs it at sweep end.
+
+python -m runner.collect SWEEP_DIR   rebuilds matrix.csv / matrix.md (and the report) from records alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.judges.aggregate import judge_columns
+from runner.records import CellRecord, read_cell_record
+
+log = logging.getLogger(__name__)
+
+FAILED_CELLS: list[str] = []  # set by the callback; __main__ turns it into the exit status
+
+IDENTITY = ["model", "format", "precision", "generation", "prompts", "judge", "status", "reason"]
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job dirs of a sweep (numbered subdirs with .hydra/), or the dir itself for a single run."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"not a directory: {sweep_dir}")
+    if (sweep_dir / "result.json").exists() or (sweep_dir / ".hydra").is_dir() and not (sweep_dir / "multirun.yaml").exists():
+        return [sweep_dir]
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    if not jobs and not (sweep_dir / "multirun.yaml").exists():
+        raise ValueError(f"{sweep_dir}: not a sweep or run dir (no multirun.yaml, numbered job dirs or result.json)")
+    return jobs
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def record_row(rec: CellRecord) -> dict[str, Any]:
+    c = rec.cell
+    row: dict[str, Any] = {"job": c.job_num, "model": c.model, "format": c.format, "precision": c.precision,
+                           "generation": c.generation, "prompts": c.prompts, "judge": c.judge,
+                           "status": rec.status, "reason": rec.reason}
+    a = rec.artifact
+    row.update({
+        "bits_per_weight": _nan(a.bits_per_weight) if a else math.nan,
+        "size_gb": a.size_bytes / 1e9 if a else math.nan,
+        "quantize_s": a.build_s if a else math.nan,
+        "artifact_cache_hit": a.cache_hit if a else None,
+    })
+    s = rec.speed
+    row.update({
+        "n_answers": s.n if s else 0,
+        "s_per_prompt": s.s_per_prompt if s else math.nan,
+        "prompt_tps": s.prompt_tps if s else math.nan,
+        "gen_tps": s.gen_tps if s else math.nan,
+        "ttft_s": s.ttft_s if s else math.nan,
+        "mean_tokens": s.mean_completion_tokens if s else math.nan,
+        "truncated_pct": s.truncated_pct if s else math.nan,
+        "peak_rss_mb": _nan(s.peak_rss_mb) if s else math.nan,
+        "generations_cached": sum(r.cache_hit for r in rec.results),
+    })
+    row.update(judge_columns([(r.category, r.judgment) for r in rec.results]))
+    f = rec.fidelity
+    row.update({
+        "kld_mean": f.kld_mean if f else math.nan, "kld_se": f.kld_se if f else math.nan,
+        "kld_p99": f.kld_p99 if f else math.nan, "top1_pct": f.top1_pct if f else math.nan,
+        "ppl": f.ppl if f else math.nan, "dppl": f.dppl if f else math.nan,
+        "fidelity_reference": f.reference if f else None,
+    })
+    agree = [r.agreement for r in rec.results if r.agreement]
+    row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan
+    row["answer_similarity"] = sum(x["token_similarity"] for x in agree) / len(agree) if agree else math.nan
+    return row
+
+
+def missing_row(job_dir: Path, why: str) -> dict[str, Any]:
+    """A job without a readable result.json (killed, or a corrupt record) is a failed row, not a gap."""
+    ident: dict[str, Any] = {"job": int(job_dir.name) if job_dir.name.isdigit() else None}
+    overrides = job_dir / ".hydra" / "overrides.yaml"
+    if overrides.exists():
+        import yaml
+
+        for item in yaml.safe_load(overrides.read_text()) or []:
+            key, _, value = str(item).lstrip("+").partition("=")
+            if key in ("model", "format", "precision", "generation", "prompts", "judge"):
+                ident[key] = value
+    return {**ident, "status": "failed", "reason": why}
+
+
+def load_records(sweep_dir: Path) -> tuple[list[CellRecord], list[dict[str, Any]]]:
+    records, missing = [], []
+    for job in find_job_dirs(sweep_dir):
+        path = job / "result.json"
+        if not path.exists():
+            missing.append(missing_row(job, "no result.json: the job did not finish"))
+            continue
+        try:
+            records.append(read_cell_record(path))
+        except ValueError as e:
+            missing.append(missing_row(job, str(e)))
+    return records, missing
+
+
+def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = ()) -> pd.DataFrame:
+    df = pd.DataFrame([record_row(r) for r in records] + list(extra_rows))
+    if df.empty:
+        return df
+    df["_s"] = df["status"].map({"ok": 0, "failed": 1, "skipped": 2})
+    df = df.sort_values(["_s", "model", "format", "job"], na_position="last").drop(columns="_s")
+    return df.reset_index(drop=True)
+
+
+def write_matrix(df: pd.DataFrame, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    df.to_csv(out_dir / "matrix.csv", index=False)
+    (out_dir / "matrix.md").write_text(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    return out_dir / "matrix.csv"
+
+
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """Rebuild the matrix (and report) of a sweep or run dir from its records alone."""
+    sweep_dir = Path(sweep_dir)
+    records, missing = load_records(sweep_dir)
+    df = build_matrix(records, missing)
+    write_matrix(df, sweep_dir)
+    try:
+        from runner.report import write_report
+    except ImportError:  # report module optional while developing
+        write_report = None
+    if write_report is not None and not df.empty:
+        write_report(df, records, sweep_dir)
+    return df
+
+
+class CollectCallback(Callback):
+    """Hydra callback: build the matrix when a sweep (or a single run) ends."""
+
+    def _finish(self, out_dir: Path) -> None:
+        df = collect(out_dir)
+        if df.empty:
+            return
+        counts = df["status"].value_counts().to_dict()
+        FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        log.info("matrix (%s): %s", summary, out_dir / "matrix.md")
+        print(f"Matrix ({summary}): {out_dir / 'matrix.md'}", file=sys.stderr)
+
+    @staticmethod
+    def _check_writable(out_dir: str) -> None:
+        """Fail before any work with one clear message (Hydra would raise deep inside job setup)."""
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            probe = Path(out_dir) / ".write-probe"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            print(f"error: output dir {out_dir} is not writable ({e.strerror}); set outputs_root=...", file=sys.stderr)
+            raise SystemExit(2) from None  # SystemExit passes through Hydra's callback guard
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        self._check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        self._check_writable(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # `${hydra:...}` in the dirs needs it at this point
+        self._finish(Path(config.hydra.sweep.dir))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        self._finish(Path(config.hydra.runtime.output_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.collect", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        df = collect(args.sweep_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(df)} cells → {args.sweep_dir / 'matrix.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Judge interface: what a judge sees (`JudgeItem`), what it must do (`Judge`), and `make_judge`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from runner.records import Judgment
+    from runner.store import Store
+
+JUDGE_NAMES = ("none", "openai", "local")
+
+
+@dataclass
+class JudgeItem:
+    """One answer to judge. Deliberately carries no format or precision: the judge must not see them."""
+
+    prompt: str
+    category: str
+    answer: str  # thinking already stripped
+    truncated: bool  # the generation stopped at max_tokens
+    reference: str | None
+    generation_key: str
+
+
+class Judge(Protocol):
+    name: str
+    model: str
+
+    def check_ready(self) -> None:
+        """Raise one clear ValueError for a configuration that cannot work, before any generation."""
+
+    def __enter__(self) -> Judge:
+        """Start what the judge needs (a local server when configured)."""
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop what `__enter__` started."""
+
+    def judge_all(self, items: list[JudgeItem], store: Store) -> list[Judgment]:
+        """One judgment per item, same order. Per-item failures are records (scores None), not raises."""
+
+
+def make_judge(judge_cfg: DictConfig | dict[str, Any]) -> Judge | None:
+    """Build the judge named by `judge_cfg.name`; None for `none`."""
+    cfg = OmegaConf.to_container(judge_cfg, resolve=True) if isinstance(judge_cfg, DictConfig) else dict(judge_cfg)
+    name = cfg.get("name")
+    if name == "none":
+        return None
+    if name in ("openai", "local"):
+        from runner.judges.openai_judge import OpenAIJudge, settings_from_cfg
+
+        return OpenAIJudge(settings_from_cfg(cfg))
+    raise ValueError(f"judge.name {name!r} is unknown; options: {list(JUDGE_NAMES)} (conf/judge/)")

@@ -1,0 +1,237 @@
+"""Objective fidelity of a quantized model vs its FP16 reference on identical token ids.
+
+Like `llama-perplexity --kl-divergence`: the eval text is tokenized once, split into chunks, and each
+backend returns per chunk `logp` [chunk_len, vocab], the next-token log-softmax (row i predicts token
+i + 1). The reference run is stored, the test runs are compared against it position by position.
+
+Storage. Keeping full reference rows costs N×vocab×4 bytes (~300 MB per 512-token chunk at a 150k
+vocab), so the reference keeps per position only its top-k token ids (int32) and their log-probs
+(float32), N×k×8 bytes, plus the log tail mass outside the top-k, the log-prob of the actual next
+token and the argmax id. One chunk is one `.npz` with the arrays of `REFERENCE_KEYS`.
+
+Error. KLD(ref||test) is computed on the coarsened distributions {top-k ids of the ref, one lumped tail
+bucket}; both sides are projected with the same partition. Merging outcomes can only lose
+information, so this is a lower bound of the full KLD (data processing inequality). The part lost is
+the KLD *inside* the tail, p_tail_ref × KLD(ref_tail || test_tail) where both are the renormalised
+tail distributions, so the error is small whenever the ref's tail mass is small; with k = vocab the
+tail is empty and the value is exact. A model against itself gives exactly 0: both sides go through
+the same code and the same float32 rounding.
+
+Numerics. Masses are computed in float64 per row from `exp(x - max)`; the tail mass is the sum over
+the non-top-k entries directly, not 1 - sum(top-k), which would cancel catastrophically when the tail
+is tiny. Rows are renormalised (the inputs need not sum to exactly 1). Every log-prob is floored at
+`LOG_FLOOR` = log(1e-30): an empty tail (k = vocab), masked tokens (-inf logits) and tails that
+underflow then give finite terms. The floor changes a term by at most 1e-30 × |log ratio|, except
+where the test puts < 1e-30 on a token the ref finds likely: the true KLD is then unbounded and the
+reported one is a finite lower bound.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runner.records import FidelityResult
+
+LOG_FLOOR = float(np.log(1e-30))
+REFERENCE_KEYS = ("top_ids", "top_logp", "tail_logp", "next_ids", "next_logp", "argmax", "vocab")
+_BLOCK_ELEMS = 1 << 22  # float64 work block: 32 MB, a few temporaries of it at a time
+
+
+@dataclass
+class ChunkStats:
+    """Per-position comparison of one chunk (all arrays have one entry per evaluated position)."""
+
+    kld: np.ndarray  # KLD(ref || test), nats
+    top1_match: np.ndarray  # bool: test argmax == ref argmax
+    nll_test: np.ndarray  # -log p_test(actual next token)
+    nll_ref: np.ndarray
+    p_test: np.ndarray  # p_test(actual next token)
+    p_ref: np.ndarray
+
+
+def _top_ids(x: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest entries per row, in descending order of value."""
+    part = np.argpartition(-x, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(x, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _project(logp: np.ndarray, next_ids: np.ndarray, top_k: int = 0,
+             top_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Project the first len(next_ids) rows onto {top ids, tail}: the reference format.
+
+    `top_ids` given: use them (the test side, projected on the ref's partition); otherwise each row's
+    own top `top_k`.
+    """
+    n = len(next_ids)
+    if logp.ndim != 2 or logp.shape[0] < n:
+        raise ValueError(f"log-probs of shape {logp.shape} do not cover {n} positions")
+    vocab = logp.shape[1]
+    if next_ids.size and (next_ids.min() < 0 or next_ids.max() >= vocab):
+        raise ValueError(f"next token ids outside the vocab of {vocab}")
+    k = top_ids.shape[1] if top_ids is not None else min(top_k, vocab)
+    ids = np.empty((n, k), np.int64)
+    top = np.empty((n, k))
+    tail = np.empty(n)
+    nxt = np.empty(n)
+    amax = np.empty(n, np.int64)
+    rows = max(1, _BLOCK_ELEMS // vocab)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        x = logp[s:e].astype(np.float64)
+        m = x.max(axis=1, keepdims=True)
+        if not ((x < np.inf).all() and np.isfinite(m).all()):
+            raise ValueError(f"log-probs contain NaN, +inf or an all -inf row (positions {s}..{e - 1})")
+        amax[s:e] = x.argmax(axis=1)
+        ids[s:e] = top_ids[s:e] if top_ids is not None else _top_ids(x, k)
+        at = np.take_along_axis(x, ids[s:e], axis=1)
+        nx = x[np.arange(e - s), next_ids[s:e]]
+        w = np.exp(x - m)
+        np.put_along_axis(w, ids[s:e], 0.0, axis=1)
+        tail_sum = w.sum(axis=1)
+        lse = m[:, 0] + np.log(tail_sum + np.exp(at - m).sum(axis=1))
+        top[s:e] = at - lse[:, None]
+        nxt[s:e] = nx - lse
+        with np.errstate(divide="ignore"):
+            tail[s:e] = np.log(tail_sum) + m[:, 0] - lse
+    return {
+        "top_ids": ids.astype(np.int32),
+        "top_logp": np.maximum(top, LOG_FLOOR).astype(np.float32),
+        "tail_logp": np.maximum(tail, LOG_FLOOR).astype(np.float32),
+        "next_ids": np.asarray(next_ids, np.int32),
+        "next_logp": np.maximum(nxt, LOG_FLOOR).astype(np.float32),
+        "argmax": amax.astype(np.int32),
+        "vocab": np.array(vocab, np.int64),
+    }
+
+
+def reference_from_logprobs(logp: np.ndarray, top_k: int, next_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Bounded reference for the positions predicting `next_ids` (row i predicts next_ids[i]).
+
+    `next_ids` is needed here because the actual next token is often outside the top-k. `top_k` above
+    the vocab keeps the whole vocab (exact KLD).
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return _project(logp, np.asarray(next_ids), top_k=top_k)
+
+
+def save_reference_chunk(path: str | Path, ref: dict[str, np.ndarray]) -> None:
+    """Write one chunk's reference to exactly `path` (uncompressed npz)."""
+    with open(path, "wb") as f:
+        np.savez(f, **{k: ref[k] for k in REFERENCE_KEYS})
+
+
+def load_reference_chunk(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        missing = set(REFERENCE_KEYS) - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: not a fidelity reference (missing {sorted(missing)})")
+        return {k: z[k] for k in REFERENCE_KEYS}
+
+
+def chunk_stats(ref: dict[str, np.ndarray], test_logp: np.ndarray, next_ids: np.ndarray) -> ChunkStats:
+    """Compare a test chunk against its reference; rows past len(next_ids) are ignored."""
+    next_ids = np.asarray(next_ids)
+    if not np.array_equal(ref["next_ids"], next_ids):
+        raise ValueError("the reference was built on different token ids than this chunk")
+    ref_vocab = int(ref["vocab"])
+    if test_logp.ndim != 2 or test_logp.shape[1] != ref_vocab:
+        raise ValueError(f"test vocab {test_logp.shape[-1]} != reference vocab {ref_vocab}; use align_vocab")
+    test = _project(test_logp, next_ids, top_ids=ref["top_ids"])
+    lr, lt = ref["top_logp"].astype(np.float64), test["top_logp"].astype(np.float64)
+    tr, tt = ref["tail_logp"].astype(np.float64), test["tail_logp"].astype(np.float64)
+    kld = (np.exp(lr) * (lr - lt)).sum(axis=1) + np.exp(tr) * (tr - tt)
+    nr, nt = ref["next_logp"].astype(np.float64), test["next_logp"].astype(np.float64)
+    return ChunkStats(
+        kld=np.maximum(kld, 0.0),  # float32 storage can leave ~-1e-8 where the true value is >= 0
+        top1_match=test["argmax"] == ref["argmax"],
+        nll_test=-nt,
+        nll_ref=-nr,
+        p_test=np.exp(nt),
+        p_ref=np.exp(nr),
+    )
+
+
+def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
+              warnings: Iterable[str] = ()) -> FidelityResult:
+    """Aggregate all positions of all chunks (llama.cpp's summary statistics)."""
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(s, name) for s in stats]) if stats else np.empty(0)
+
+    kld = cat("kld")
+    n = len(kld)
+    if n == 0:
+        raise ValueError("no positions to summarize")
+    ppl, ref_ppl = float(np.exp(cat("nll_test").mean())), float(np.exp(cat("nll_ref").mean()))
+    return FidelityResult(
+        reference=reference,
+        n_tokens=n,
+        kld_mean=float(kld.mean()),
+        kld_se=float(kld.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        kld_median=float(np.median(kld)),
+        kld_p99=float(np.percentile(kld, 99)),
+        kld_max=float(kld.max()),
+        top1_pct=float(100.0 * cat("top1_match").mean()),
+        ppl=ppl,
+        ref_ppl=ref_ppl,
+        dppl=ppl - ref_ppl,
+        rms_dp=float(100.0 * np.sqrt(np.mean((cat("p_test") - cat("p_ref")) ** 2))),
+        text_sha=text_sha,
+        warnings=list(warnings),
+    )
+
+
+def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape[0])
+    rows = max(1, _BLOCK_ELEMS // max(1, x.shape[1]))
+    for s in range(0, x.shape[0], rows):
+        b = x[s:s + rows].astype(np.float64)
+        m = b.max(axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)  # an all -inf row (masked padding) has lse -inf, not NaN
+        with np.errstate(divide="ignore"):
+            out[s:s + rows] = m[:, 0] + np.log(np.exp(b - m).sum(axis=1))
+    return out
+
+
+def align_vocab(ref_vocab: int, test_logp: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Bring a test chunk to the reference vocab: (log-probs, warning or None).
+
+    A larger test vocab (padded embedding rows) is cut to the shared prefix and renormalised; the
+    warning gives the mean probability mass that sat on the dropped ids. A smaller one cannot hold
+    the reference's ids and raises.
+    """
+    test_vocab = test_logp.shape[1]
+    if test_vocab < ref_vocab:
+        raise ValueError(f"test vocab {test_vocab} is smaller than reference vocab {ref_vocab}")
+    if test_vocab == ref_vocab:
+        return test_logp, None
+    lse_prefix = _logsumexp_rows(test_logp[:, :ref_vocab])
+    lse_extra = _logsumexp_rows(test_logp[:, ref_vocab:])
+    with np.errstate(over="ignore"):
+        dropped = float(np.mean(1.0 / (1.0 + np.exp(lse_prefix - lse_extra))))
+    aligned = (test_logp[:, :ref_vocab] - lse_prefix[:, None].astype(np.float32)).astype(np.float32)
+    warning = (f"test vocab {test_vocab} > reference vocab {ref_vocab}: compared on the first {ref_vocab} "
+               f"ids, renormalised (mean mass dropped {dropped:.2e})")
+    return aligned, warning
+
+
+def answer_agreement(ref_ids: list[int], test_ids: list[int]) -> dict[str, float]:
+    """How far a test answer's tokens drift from the reference answer's (1.0 = identical)."""
+    ref_ids, test_ids = list(ref_ids), list(test_ids)
+    longest = max(len(ref_ids), len(test_ids))
+    prefix = 0
+    for a, b in zip(ref_ids, test_ids):
+        if a != b:
+            break
+        prefix += 1
+    return {
+        "exact": float(ref_ids == test_ids),
+        "token_similarity": difflib.SequenceMatcher(None, ref_ids, test_ids, autojunk=False).ratio(),
+        "prefix_match": prefix / longest if longest else 1.0,
+    }

@@ -1,0 +1,99 @@
+"""Resolve the `model` config group to a local Hugging Face checkpoint folder plus its content hash."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from runner.records import ModelSourceInfo
+from runner.store import Store, hash_payload, sha256_file
+
+HF_FILES = ("config.json",)
+
+
+def check_safetensors(path: Path) -> int:
+    """Validate a safetensors file's header against its size; return its parameter count."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError("header length exceeds file size")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt safetensors file ({e})") from e
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file (expected {8 + header_len + end} bytes, found {size})")
+    n = 0
+    for k, t in header.items():
+        if k != "__metadata__":
+            count = 1
+            for d in t["shape"]:
+                count *= d
+            n += count
+    return n
+
+
+def check_hf_folder(path: Path) -> int:
+    """One clear error unless `path` is a HF checkpoint folder; returns the parameter count."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path does not exist or is not a folder: {path} (model.path)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: not a Hugging Face model folder (no config.json)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{path}: no *.safetensors weights found")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise ValueError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return sum(check_safetensors(w) for w in weights)
+
+
+def content_hash(path: Path) -> str:
+    """Hash of every regular file's name and bytes (paths and timestamps never enter)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return hash_payload([[str(p.relative_to(path)), sha256_file(p)] for p in files])
+
+
+def resolve_model(model_cfg: dict[str, Any], store: Store) -> tuple[Path, ModelSourceInfo]:
+    kind = model_cfg.get("source")
+    name = model_cfg["name"]
+    if kind == "builder":
+        from runner.testing.tiny_model import TINY_MODEL_VERSION, build_tiny_model
+
+        seed = int(model_cfg.get("builder_seed", 0))
+        entry = store.get_or_build(
+            "models", {"builder": "tiny", "version": TINY_MODEL_VERSION, "seed": seed},
+            lambda tmp: {"content_hash": content_hash(build_tiny_model(tmp / "model", seed=seed))},
+        )
+        path = entry.path / "model"
+        return path, ModelSourceInfo(name, kind, str(path), entry.manifest["content_hash"], None, check_hf_folder(path))
+    if kind == "local":
+        path = Path(str(model_cfg.get("path"))).expanduser().resolve()
+        n_params = check_hf_folder(path)
+        return path, ModelSourceInfo(name, kind, str(path), content_hash(path), None, n_params)
+    if kind == "hub":
+        return _resolve_hub(model_cfg, name)
+    raise ValueError(f"model.source={kind!r} in conf/model/{name}.yaml: expected builder, local or hub")
+
+
+def _resolve_hub(model_cfg: dict[str, Any], name: str) -> tuple[Path, ModelSourceInfo]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, revision = model_cfg["repo_id"], model_cfg.get("revision")
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]))
+    except LocalEntryNotFoundError as e:
+        raise RuntimeError(
+            f"model {name}: cannot download {repo_id}@{revision or 'main'} (offline or hub unreachable) and it is "
+            f"not in the local HF cache. Download it first or use model=local model.path=..."
+        ) from e
+    except Exception as e:  # hub errors: unknown repo, auth, HTTP
+        raise RuntimeError(f"model {name}: cannot fetch {repo_id}@{revision or 'main'}: {type(e).__name__}: {e}") from e
+    n_params = check_hf_folder(path)
+    commit = path.name  # snapshots/<commit sha>
+    return path, ModelSourceInfo(name, "hub", str(path), f"hub:{repo_id}@{commit}", commit, n_params)

@@ -1,0 +1,248 @@
+"""Typed records for everything the runner persists, with JSON in/out.
+
+Every record is a dataclass; `to_json`/`from_json` round-trip them exactly. `SCHEMA_VERSION` is written
+into each `CellRecord` so replay can refuse records it does not understand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ok", "skipped", "failed"]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplerParams:
+    """The one sampler every format receives (the generation contract)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    max_tokens: int
+    seed: int
+
+
+@dataclass
+class ArtifactInfo:
+    """A prepared (converted / quantized) model in the artifact store."""
+
+    key: str
+    path: str
+    size_bytes: int
+    bits_per_weight: float | None
+    build_s: float
+    cache_hit: bool
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelSourceInfo:
+    """Where the HF checkpoint came from and the hash of its content."""
+
+    name: str
+    kind: str  # builder | local | hub
+    path: str
+    content_hash: str
+    revision: str | None = None
+    n_params: int | None = None
+
+
+@dataclass
+class Judgment:
+    """One judge verdict. `scores is None` means the judgment failed: see `error`. Never 0 for a failure."""
+
+    judge_model: str
+    rubric_version: str
+    scores: dict[str, int] | None = None  # overall, accuracy, coherence, relevance
+    reasoning: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    cache_hit: bool = False
+    key: str = ""
+
+
+@dataclass
+class Generation:
+    """One answer to one prompt, with its speed. Produced by `Session.generate`."""
+
+    text: str  # raw decoded completion, thinking included
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    ttft_s: float
+    prompt_tps: float
+    gen_tps: float
+    wall_s: float
+    peak_memory_mb: float | None = None
+
+
+@dataclass
+class PromptResult:
+    """A prompt's rendered input, its generation and (when scored) judgment and agreement."""
+
+    prompt_id: str
+    category: str
+    repeat: int
+    rendered_prompt: str
+    prompt_token_ids_sha: str
+    generation_key: str
+    generation: Generation
+    answer: str  # `generation.text` with <think>…</think> removed: what judges see
+    thinking_tokens: int = 0
+    cache_hit: bool = False
+    judgment: Judgment | None = None
+    agreement: dict[str, float] | None = None  # vs the FP16 answer (fidelity stage)
+
+
+@dataclass
+class GenerationContract:
+    """Everything that makes generations comparable across formats; the report prints it."""
+
+    sampler: SamplerParams
+    chat_template_sha: str
+    enable_thinking: bool | None  # None: the template has no such switch
+    stop_token_ids: list[int]
+    tokenizer_path: str
+    strip_thinking: bool = True
+
+
+@dataclass
+class SpeedStats:
+    """Per-cell aggregates over all prompt results."""
+
+    n: int
+    s_per_prompt: float
+    prompt_tps: float
+    gen_tps: float
+    ttft_s: float
+    mean_completion_tokens: float
+    truncated_pct: float
+    peak_rss_mb: float | None
+
+
+@dataclass
+class FidelityResult:
+    """Next-token distribution drift vs the FP16 reference on identical token ids."""
+
+    reference: str
+    n_tokens: int
+    kld_mean: float
+    kld_se: float
+    kld_median: float
+    kld_p99: float
+    kld_max: float
+    top1_pct: float
+    ppl: float
+    ref_ppl: float
+    dppl: float
+    rms_dp: float
+    text_sha: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CellIdentity:
+    model: str
+    format: str
+    precision: str
+    generation: str
+    prompts: str
+    judge: str
+    overrides: list[str] = field(default_factory=list)
+    job_num: int | None = None
+
+
+@dataclass
+class CellRecord:
+    """`result.json` of one Hydra job: a cell's full outcome, ok or not."""
+
+    cell: CellIdentity
+    status: Status
+    reason: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    source: ModelSourceInfo | None = None
+    artifact: ArtifactInfo | None = None
+    contract: GenerationContract | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    results: list[PromptResult] = field(default_factory=list)
+    speed: SpeedStats | None = None
+    fidelity: FidelityResult | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+
+
+# ---------------------------------------------------------------- JSON in/out
+
+
+def to_dict(record: Any) -> Any:
+    return dataclasses.asdict(record)
+
+
+def to_json(record: Any) -> str:
+    return json.dumps(to_dict(record), indent=2, sort_keys=False, allow_nan=True)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(item_tp, v) for v in value]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    return cls(**{k: _convert(hints[k], v) for k, v in data.items()})
+
+
+def read_cell_record(path: Path) -> CellRecord:
+    """Load a `result.json`; one clear error for unreadable files or other schema versions."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable cell record ({e})") from e
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: record schema_version {version!r}, this runner reads {SCHEMA_VERSION}")
+    try:
+        return from_dict(CellRecord, data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed cell record ({e})") from e
+
+
+def write_json_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
