@@ -58,7 +58,8 @@ class GenerationStage:
             hit = self.store.put_json("generations", payload, dataclasses.asdict(gen))
         answer, thinking = split_thinking(gen.text) if self.strip_thinking else (gen.text, "")
         thinking_tokens = len(self.renderer.tokenizer.encode(thinking, add_special_tokens=False)) if thinking else 0
-        return PromptResult(prompt_id=prompt.id, category=prompt.category, repeat=repeat, rendered_prompt=rendered.text,
+        return PromptResult(prompt_id=prompt.id, category=prompt.category, repeat=repeat, prompt_text=prompt.prompt,
+                            reference=prompt.reference, rendered_prompt=rendered.text,
                             prompt_token_ids_sha=rendered.ids_sha, generation_key=hit.key, generation=gen,
                             answer=answer, thinking_tokens=thinking_tokens, cache_hit=hit.cache_hit)
 

@@ -22,7 +22,8 @@ from runner.backends import get_backend
 from runner.cell import Cell
 from runner.contract import ChatRenderer, RenderedPrompt
 from runner.generation import GenerationStage
-from runner.judges.base import JudgeItem, make_judge
+from runner.judges.base import make_judge
+from runner.judging import apply_judge
 from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
 from runner.progress import Progress
@@ -124,8 +125,9 @@ class CellRun:
                 if ref is not None:
                     r.agreement = answer_agreement(ref.generation.token_ids, r.generation.token_ids)
         if judge is not None:
+            answers = {k: r.answer for k, r in baseline.items()} if baseline else None
             with self.timed("judge"), judge:
-                self._judge(judge, store, prompts, baseline)
+                apply_judge(judge, store, rec.results, cell.judge.get("reference", "none"), answers)
         if cell.fidelity.get("enabled"):
             with self.timed("fidelity"):
                 self._fidelity(source_dir, store, renderer, gen)
@@ -153,23 +155,6 @@ class CellRun:
             results = stage.run(prompts, rendered, cell.sampler, cell.repeats)
             stage.close()
             return {(r.prompt_id, r.repeat): r for r in results}
-
-    def _judge(self, judge, store: Store, prompts: list[Prompt], baseline) -> None:
-        by_id = {p.id: p for p in prompts}
-        mode = self.cell.judge.get("reference", "none")
-        items = []
-        for r in self.record.results:
-            p = by_id[r.prompt_id]
-            ref = None
-            if mode == "prompt":
-                ref = p.reference
-            elif mode == "baseline" and baseline:
-                ref = baseline[(r.prompt_id, r.repeat)].answer
-            items.append(JudgeItem(prompt=p.prompt, category=p.category, answer=r.answer,
-                                   truncated=r.generation.finish_reason == "length", reference=ref,
-                                   generation_key=r.generation_key))
-        for r, j in zip(self.record.results, judge.judge_all(items, store)):
-            r.judgment = j
 
     def _fidelity(self, source_dir: Path, store: Store, renderer: ChatRenderer, own: GenerationStage) -> None:
         from runner import fidelity_stage

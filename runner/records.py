@@ -100,6 +100,8 @@ class PromptResult:
     prompt_id: str
     category: str
     repeat: int
+    prompt_text: str  # the user message, as judges see it
+    reference: str | None  # the prompt set's own reference answer, if any
     rendered_prompt: str
     prompt_token_ids_sha: str
     generation_key: str

@@ -32,3 +32,30 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     subprocess.run([exe, str(tiny_model_dir), "--outtype", "f16", "--outfile", str(out)], check=True,
                    capture_output=True)
     return out
+
+
+FAST = ["generation.max_tokens=16", "fidelity.chunk_len=64", "fidelity.tokens=256", "quiet=true"]
+
+
+def run_runner(args: list[str], outputs_root: Path, *, env: dict[str, str] | None = None,
+               module: str = "runner", timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m runner ARGS outputs_root=...` in a subprocess, from the repo root."""
+    cmd = [sys.executable, "-m", module, *args]
+    if module == "runner":
+        cmd.append(f"outputs_root={outputs_root}")
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def sweep_dirs(outputs_root: Path) -> list[Path]:
+    return sorted((Path(outputs_root) / "multirun").iterdir())
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(tmp_path_factory) -> Path:
+    """The seed matrix on the tiny model, run once per session; returns its sweep dir."""
+    root = tmp_path_factory.mktemp("seed")
+    proc = run_runner(["-m", "+experiment=seed_matrix", *FAST], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(root)
+    return sweep

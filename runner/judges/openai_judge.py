@@ -9,10 +9,10 @@ the next run retries them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ def settings_from_cfg(cfg: dict[str, Any]) -> JudgeSettings:
     except TypeError as e:
         raise ValueError(f"{where}: {e}") from None
     if s.response_format not in rubric.RESPONSE_FORMATS:
-        raise ValueError(f"{where}: response_format {s.response_format!r} is not one of {list(rubric.RESPONSE_FORMATS)}")
+        raise ValueError(f"{where}: response_format {s.response_format!r} is not one of "
+                         f"{list(rubric.RESPONSE_FORMATS)}")
     if s.reference not in REFERENCE_MODES:
         raise ValueError(f"{where}: reference {s.reference!r} is not one of {list(REFERENCE_MODES)}")
     if s.rubric_version != rubric.RUBRIC_VERSION:
@@ -128,7 +129,6 @@ class OpenAIJudge:
         self.model = settings.model or self._default_model()
         self._server: LocalServer | None = None
         self._client: openai.OpenAI | None = None
-        self._stack = ExitStack()
         self._backoff = wait_exponential_jitter(multiplier=settings.backoff_base_s, max=settings.backoff_max_s,
                                                 jitter=settings.backoff_base_s)
 
@@ -145,7 +145,8 @@ class OpenAIJudge:
         s = self.settings
         if not s.api_key:
             if s.name == "openai":
-                raise ValueError("judge=openai needs OPENAI_API_KEY in the environment (conf/judge/openai.yaml: api_key)")
+                raise ValueError("judge=openai needs OPENAI_API_KEY in the environment "
+                                 "(conf/judge/openai.yaml: api_key)")
             raise ValueError(f"judge={s.name} needs an api_key (conf/judge/{s.name}.yaml: api_key; any "
                              f"non-empty value for servers without auth, e.g. LOCAL_JUDGE_API_KEY=sk-local)")
         if not self.model:
@@ -169,18 +170,16 @@ class OpenAIJudge:
 
     def __enter__(self) -> OpenAIJudge:
         if self.settings.server.start:
-            self._server = self._stack.enter_context(LocalServer(self.settings.server, self.model))
+            self._server = LocalServer(self.settings.server, self.model).__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._close_client()
-        self._stack.close()
-        self._server = None
-
-    def _close_client(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._server is not None:
+            self._server.__exit__()
+            self._server = None
 
     @property
     def base_url(self) -> str | None:
@@ -206,7 +205,7 @@ class OpenAIJudge:
             "rubric_version": rubric.RUBRIC_VERSION,
             "rubric_sha": rubric.RUBRIC_SHA,
             "reference_sha": rubric.text_sha(item.reference),
-            "messages_sha": rubric.text_sha(repr(messages)),
+            "messages_sha": rubric.text_sha(json.dumps(messages)),
             "params": {"response_format": rubric.response_format(s.response_format), "temperature": s.temperature,
                        "reasoning_effort": s.reasoning_effort, "max_completion_tokens": s.max_completion_tokens},
         }
@@ -300,20 +299,11 @@ class OpenAIJudge:
             messages = messages + rubric.correction_messages(content, problem)
         return self._record(tally, key, error=f"invalid reply after one re-ask: {problem}")
 
-    def _judge_and_cache(self, messages: list[dict[str, str]], payload: dict[str, Any], key: str,
-                         store: Store) -> Judgment:
-        """Runs in a worker, so cache writes overlap other requests and survive an interrupted batch."""
-        judgment = self.judge_one(messages, key)
-        if judgment.scores is not None:  # failures stay uncached so the next run retries them
-            store.put_json("judgment", payload, to_dict(judgment))
-        else:
-            log.warning("judgment failed after %d attempts: %s", judgment.attempts, judgment.error)
-        return judgment
-
     def judge_all(self, items: list[JudgeItem], store: Store) -> list[Judgment]:
         """Cached judgments for known items; the rest judged concurrently. Same order as `items`."""
         results: list[Judgment | None] = [None] * len(items)
-        todo: dict[str, tuple[list[dict[str, str]], dict[str, Any], list[int]]] = {}  # key → messages, payload, indexes
+        # cache key → (messages, payload, indexes of the items that share it)
+        todo: dict[str, tuple[list[dict[str, str]], dict[str, Any], list[int]]] = {}
         for i, item in enumerate(items):
             messages = rubric.build_messages(item)
             payload = self.cache_payload(item, messages)
@@ -325,14 +315,19 @@ class OpenAIJudge:
             else:
                 todo[key] = (messages, payload, [i])
         if todo:
-            log.info("judging %d items with %s (%d cached)", len(todo), self.model, len(items) - len(todo))
+            cached = sum(r is not None for r in results)
+            log.info("judging %d items with %s (%d of %d from cache)", len(todo), self.model, cached, len(items))
             self.client()  # create it once, before the worker threads share it
             with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(todo))) as pool:
-                futures = {key: pool.submit(self._judge_and_cache, messages, payload, key, store)
-                           for key, (messages, payload, _) in todo.items()}
-                for key, future in futures.items():
+                futures = {pool.submit(self.judge_one, messages, key): key for key, (messages, _, _) in todo.items()}
+                for future in as_completed(futures):  # cache each as it lands: an interrupted batch keeps its work
                     judgment = future.result()
-                    for i in todo[key][2]:
+                    _, payload, indexes = todo[futures[future]]
+                    if judgment.scores is not None:  # failures stay uncached so the next run retries them
+                        store.put_json("judgment", payload, to_dict(judgment))
+                    else:
+                        log.warning("judgment failed after %d attempts: %s", judgment.attempts, judgment.error)
+                    for i in indexes:
                         results[i] = dataclasses.replace(judgment)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]

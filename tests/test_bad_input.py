@@ -1,0 +1,118 @@
+"""Bad input: one clear error naming the file, key or value at fault; nothing computed is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, run_runner
+from runner.records import read_cell_record
+
+NO_FID = [*FAST, "fidelity.enabled=false"]
+
+
+def output(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def single_record(root: Path):
+    (path,) = (root / "runs").glob("*/result.json")
+    return read_cell_record(path)
+
+
+def failed(root: Path, args: list[str], env=None) -> str:
+    proc = run_runner([*args, *NO_FID], root, env=env)
+    assert proc.returncode == 1, output(proc)[-2000:]
+    rec = single_record(root)
+    assert rec.status == "failed" and rec.reason
+    assert rec.reason in output(proc)
+    return rec.reason
+
+
+def test_unknown_group_option(tmp_path):
+    proc = run_runner(["format=foo", *NO_FID], tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'format/foo'" in output(proc) and "gguf" in output(proc)
+
+
+def test_invalid_pair_is_skipped_not_an_error(tmp_path):
+    proc = run_runner(["format=mlx", "precision=q4_k_m", *NO_FID], tmp_path)
+    assert proc.returncode == 0, output(proc)
+    rec = single_record(tmp_path)
+    assert rec.status == "skipped" and "q4_k_m" in rec.reason and "mlx" in rec.reason
+
+
+def test_model_path_missing(tmp_path):
+    reason = failed(tmp_path, ["model=local", f"model.path={tmp_path}/nope"])
+    assert "does not exist" in reason and "nope" in reason
+
+
+def test_model_path_not_a_hf_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.bin").write_bytes(b"x")
+    reason = failed(tmp_path, ["model=local", f"model.path={tmp_path}/m"])
+    assert "not a Hugging Face model folder" in reason
+
+
+def test_hub_model_offline(tmp_path):
+    reason = failed(tmp_path, ["model=qwen3_0_6b"], env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert "Qwen/Qwen3-0.6B" in reason and "offline" in reason
+
+
+def test_truncated_safetensors(tmp_path, tiny_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    reason = failed(tmp_path, ["model=local", f"model.path={model}"])
+    assert "truncated or corrupt safetensors" in reason and "model.safetensors" in reason
+
+
+def test_corrupt_gguf_artifact_in_store(tmp_path):
+    proc = run_runner(["precision=q4_0", *NO_FID], tmp_path)
+    assert proc.returncode == 0, output(proc)
+    artifact = Path(single_record(tmp_path).artifact.path)
+    artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    shutil.rmtree(tmp_path / "runs")
+    reason = failed(tmp_path, ["precision=q4_0"])
+    assert "truncated or corrupt GGUF" in reason and str(artifact) in reason
+    assert (tmp_path / "store" / "gguf-base").is_dir()  # the F16 conversion is kept
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "prompts file not found"),
+    ('{"id": "a", "category": "c", "prompt": "p"}\n{"id": "b", "category": "c", "prompt": \n', "malformed JSON line"),
+    ('{"id": "a", "category": "c", "prompt": "p"}\n{"id": "a", "category": "c", "prompt": "q"}\n', "duplicate prompt id 'a'"),
+])
+def test_bad_prompts_file(tmp_path, content, expected):
+    path = tmp_path / "prompts.jsonl"
+    if content is not None:
+        path.write_text(content)
+    reason = failed(tmp_path, ["prompts=file", f"prompts.file={path}"])
+    assert expected in reason and "prompts.jsonl" in reason
+
+
+def test_prompts_file_works(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"p{i}", "category": "c", "prompt": f"say {i}"}) for i in range(2)))
+    proc = run_runner(["prompts=file", f"prompts.file={path}", *NO_FID], tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert [r.prompt_id for r in single_record(tmp_path).results] == ["p0", "p1"]
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_max_tokens_not_positive(tmp_path, value):
+    proc = run_runner([*NO_FID, f"generation.max_tokens={value}"], tmp_path)
+    assert proc.returncode == 1
+    assert f"generation.max_tokens must be > 0, got {value}" in output(proc)
+
+
+def test_unwritable_outputs_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_runner(NO_FID, blocker / "out")
+    assert proc.returncode == 2
+    assert "is not writable" in proc.stderr and str(blocker) in proc.stderr

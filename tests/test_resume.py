@@ -1,0 +1,66 @@
+"""Parallel cells (joblib launcher) build each artifact once; a killed sweep re-runs to completion."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import FAST, REPO, run_runner, sweep_dirs
+from runner.store import Store
+
+
+def _build_once(root: str, marker: str) -> str:
+    def build(tmp: Path) -> dict:
+        with open(marker, "a") as f:
+            f.write("built\n")
+        time.sleep(0.3)
+        (tmp / "data").write_text("x")
+        return {}
+
+    return Store(root).get_or_build("thing", {"k": 1}, build).key
+
+
+def test_store_builds_a_key_once_across_processes(tmp_path):
+    marker = tmp_path / "marker"
+    with mp.get_context("spawn").Pool(3) as pool:
+        keys = pool.starmap(_build_once, [(str(tmp_path / "store"), str(marker))] * 3)
+    assert len(set(keys)) == 1
+    assert marker.read_text() == "built\n"
+    assert not list((tmp_path / "store" / "thing").glob(".tmp-*"))
+
+
+def test_joblib_launcher_runs_cells_in_parallel_and_converts_once(tmp_path):
+    proc = run_runner(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "format=gguf",
+                       "precision=fp16,q8_0,q4_0", *FAST], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(sweep_dirs(tmp_path)[0] / "matrix.csv")
+    assert list(df.status) == ["ok"] * 3
+    assert len(Store(tmp_path / "store").builds("gguf-base")) == 1
+
+
+def test_killed_sweep_reruns_to_completion(tmp_path):
+    args = ["-m", "format=gguf,mlx", "precision=fp16,q4_0,4bit", "generation.max_tokens=256", "quiet=true",
+            "fidelity.chunk_len=64", "fidelity.tokens=256", f"outputs_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "store" / "builds.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and '"generations"' in log.read_text()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-cell: generating the first cell's answers
+    proc.wait()
+    assert list((sweep_dirs(tmp_path)[0]).glob("*/result.json")) == []
+    done = run_runner(args[:-1], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    df = pd.read_csv(sweep_dirs(tmp_path)[-1] / "matrix.csv")
+    assert sorted(df.status) == ["ok"] * 4 + ["skipped"] * 2
+    store = Store(tmp_path / "store")
+    assert len(store.builds("gguf-base")) == 1  # the conversion done before the kill was reused
+    assert not list(store.root.glob("*/.tmp-*"))
