@@ -21,8 +21,8 @@ from runner.testing.fault_server import FaultServerProcess  # noqa: E402
 def run(base_url: str, n: int, concurrency: int, latency_s: float) -> float:
     judge = make_judge({"name": "openai", "model": "gpt-5-nano", "rubric_version": "v1", "api_key": "sk-bench",
                         "base_url": base_url, "concurrency": concurrency, "timeout_s": 30, "max_retries": 0})
-    items = [JudgeItem(f"prompt {i} at C={concurrency}", "bench", f"answer {i}", False, None, f"bench-{concurrency}-{i}")
-             for i in range(n)]
+    items = [JudgeItem(f"prompt {i} at C={concurrency}", "bench", f"answer {i}", False, None,
+                       f"bench-{concurrency}-{i}") for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         out = judge.judge_all(items, Store(tmp))
@@ -44,7 +44,8 @@ def main() -> None:
         for c in map(int, a.concurrency.split(",")):
             ideal = a.n * a.latency_s / c
             wall = run(server.base_url, a.n, c, a.latency_s)
-            print(f"{c:>4} {ideal:>8.2f} {wall:>8.2f} {ideal / wall:>10.2f}" + ("" if ideal / wall >= 0.8 else "  < 0.8"))
+            flag = "" if ideal / wall >= 0.8 else "  < 0.8"
+            print(f"{c:>4} {ideal:>8.2f} {wall:>8.2f} {ideal / wall:>10.2f}{flag}")
 
 
 if __name__ == "__main__":

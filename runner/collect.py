@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.judges.aggregate import judge_columns
 from runner.records import CellRecord, read_cell_record
+from runner.summary import stat_columns
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,34 @@ def load_records(sweep_dir: Path) -> tuple[list[CellRecord], list[dict[str, Any]
     return records, missing
 
 
-def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = ()) -> pd.DataFrame:
-    df = pd.DataFrame([record_row(r) for r in records] + list(extra_rows))
+def sweep_baseline(sweep_dir: Path, records: list[CellRecord]) -> str | None:
+    """The sweep's `baseline` key (FORMAT_PRECISION) from its jobs' saved configs, else the fidelity reference."""
+    for job in find_job_dirs(sweep_dir):
+        config = job / ".hydra" / "config.yaml"
+        if config.exists() and (value := OmegaConf.load(config).get("baseline")):
+            return str(value)
+    return next((r.fidelity.reference for r in records if r.fidelity), None)
+
+
+def _with_ci_beside(columns: list[str]) -> list[str]:
+    """Each `m_lo`, `m_hi` right after `m`; the `d_*` delta columns last."""
+    deltas = [c for c in columns if c.startswith("d_")]
+    bounds = {c for c in columns if c.endswith(("_lo", "_hi")) and c not in deltas}
+    ordered = []
+    for c in columns:
+        if c not in bounds and c not in deltas:
+            ordered += [c] + [b for b in (f"{c}_lo", f"{c}_hi") if b in bounds]
+    return ordered + [c for c in columns if c in bounds and c not in ordered] + deltas
+
+
+def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = (),
+                 baseline: str | None = None) -> pd.DataFrame:
+    """One row per cell; statistics columns (runner.summary) beside their means, deltas vs `baseline`."""
+    stats = stat_columns(records, baseline)
+    df = pd.DataFrame([record_row(r) | s for r, s in zip(records, stats)] + list(extra_rows))
     if df.empty:
         return df
+    df = df[_with_ci_beside(list(df.columns))]
     df["_s"] = df["status"].map({"ok": 0, "failed": 1, "skipped": 2})
     df = df.sort_values(["_s", "model", "format", "job"], na_position="last").drop(columns="_s")
     return df.reset_index(drop=True)
@@ -126,18 +151,20 @@ def write_matrix(df: pd.DataFrame, out_dir: Path) -> Path:
     return out_dir / "matrix.csv"
 
 
-def collect(sweep_dir: Path) -> pd.DataFrame:
-    """Rebuild the matrix (and report) of a sweep or run dir from its records alone."""
+def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
+    """Rebuild the matrix and report of a sweep or run dir from its records alone (no engine is imported).
+
+    `report_options` go to `runner.report.write_report` (recommendation thresholds).
+    """
+    from runner.report import write_report
+
     sweep_dir = Path(sweep_dir)
     records, missing = load_records(sweep_dir)
-    df = build_matrix(records, missing)
+    baseline = sweep_baseline(sweep_dir, records)
+    df = build_matrix(records, missing, baseline)
     write_matrix(df, sweep_dir)
-    try:
-        from runner.report import write_report
-    except ImportError:  # report module optional while developing
-        write_report = None
-    if write_report is not None and not df.empty:
-        write_report(df, records, sweep_dir)
+    if not df.empty:
+        write_report(df, records, sweep_dir, baseline=baseline, **report_options)
     return df
 
 

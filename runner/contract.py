@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,18 @@ class RenderedPrompt:
         return hashlib.sha256(",".join(map(str, self.token_ids)).encode()).hexdigest()
 
 
+@lru_cache(maxsize=4)
+def _load_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 class ChatRenderer:
     """Wraps the model's HF tokenizer: rendering, tokenizing, detokenizing, stop tokens."""
 
     def __init__(self, model_dir: Path, enable_thinking: bool | None):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = _load_tokenizer(str(model_dir))  # one load per process for a whole sweep
         self.path = str(model_dir)
         template = self.tokenizer.chat_template or ""
         if not template:

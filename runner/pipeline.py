@@ -28,7 +28,7 @@ from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
 from runner.progress import Progress
 from runner.prompts import Prompt, load_prompts
-from runner.records import CellRecord, PromptResult, to_json, write_json_atomic
+from runner.records import CellRecord, FidelityResult, PromptResult, from_dict, to_json, write_json_atomic
 from runner.speed import speed_stats
 from runner.store import Store
 
@@ -168,8 +168,13 @@ class CellRun:
             int(cell.fidelity["top_k"]), ref_stage.session)
         if ref_stage is not own:
             ref_stage.close()
-        self.record.fidelity = fidelity_stage.score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks,
-                                                    reference, sha)
+        payload = {"reference": entry.key, "artifact": own.artifact.key,
+                   "runtime": own.backend.runtime_key(own.format_cfg), "name": reference}
+        result = store.lookup("fidelity", payload)
+        if result is None:
+            scored = fidelity_stage.score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, reference, sha)
+            result = store.put_json("fidelity", payload, dataclasses.asdict(scored))
+        self.record.fidelity = from_dict(FidelityResult, result.manifest["record"])
 
 
 def run_cell(cell: Cell, job_dir: Path, progress: Progress | None = None) -> CellRecord:

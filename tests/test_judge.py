@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from runner.testing.fault_server import FaultServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(timeout_s=0.5, max_retries=2, backoff_base_s=0.02, backoff_max_s=0.1, concurrency=4)
+CLEAN = {**FAST, "timeout_s": 10}  # exact request counts: no timeouts on a loaded machine
 
 
 def judge_cfg(name: str, **overrides: Any) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def test_faults_are_retried_or_recorded_never_zero_filled(faulty, tmp_path):
 def test_cache_rerun_makes_zero_requests(clean, tmp_path):
     store, batch = Store(tmp_path), items(6, tag="c")
     batch.append(batch[0])  # a duplicate in the batch is judged once
-    judge = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, **FAST))
+    judge = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, **CLEAN))
     clean.reset()
     first = judge.judge_all(batch, store)
     assert all(j.scores is not None and not j.cache_hit for j in first)
@@ -96,9 +98,29 @@ def test_cache_rerun_makes_zero_requests(clean, tmp_path):
     assert clean.stats()["requests"] == 0
     assert all(j.cache_hit for j in second) and [j.scores for j in second] == [j.scores for j in first]
     # judge params that change the verdict change the key
-    other = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, reasoning_effort="low", **FAST))
+    other = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, reasoning_effort="low",
+                                 **CLEAN))
     other.judge_all(batch[:1], store)
     assert clean.stats()["requests"] == 1
+
+
+def test_rate_limit_honours_retry_after(tmp_path):
+    with FaultServerProcess(fault_rate=1.0, faults="429", retry_after=0.3) as server:
+        judge = make_judge(judge_cfg("openai", api_key="sk-x", base_url=server.base_url,
+                                     **{**FAST, "backoff_max_s": 0.01}))
+        t0 = time.perf_counter()
+        [j] = judge.judge_all(items(1, tag="r"), Store(tmp_path))
+        waited = time.perf_counter() - t0
+        assert server.stats()["requests"] == FAST["max_retries"] + 1
+    assert j.scores is None and "RateLimitError" in j.error and j.attempts == FAST["max_retries"] + 1
+    assert waited >= 0.3 * FAST["max_retries"]  # Retry-After, not the 0.01 s backoff cap
+
+
+def test_text_response_format(clean, tmp_path):
+    judge = make_judge(judge_cfg("local", model="m", base_url=clean.base_url, response_format="text", **CLEAN))
+    assert "response_format" not in judge.request_params()
+    [j] = judge.judge_all(items(1, tag="t"), Store(tmp_path))
+    assert j.scores is not None and j.cost_usd is None
 
 
 def test_missing_openai_key_fails_before_any_call(monkeypatch):
@@ -127,11 +149,12 @@ def test_unreachable_server_records_failures(tmp_path):
 
 
 def test_cost_known_and_unknown(clean, tmp_path):
-    priced = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, **FAST))
+    priced = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, **CLEAN))
     [j] = priced.judge_all(items(1, tag="p"), Store(tmp_path / "a"))
     assert j.input_tokens > 0 and j.output_tokens > 0
     assert j.cost_usd == pytest.approx((j.input_tokens * 0.05 + j.output_tokens * 0.40) / 1e6)
-    unpriced = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, price_per_1m_input=None, **FAST))
+    unpriced = make_judge(judge_cfg("openai", api_key="sk-x", base_url=clean.base_url, price_per_1m_input=None,
+                                    **CLEAN))
     [j] = unpriced.judge_all(items(1, tag="p"), Store(tmp_path / "b"))
     assert j.scores is not None and j.cost_usd is None
 
@@ -164,11 +187,12 @@ def test_api_key_never_written(faulty, tmp_path, monkeypatch):
 
 
 def test_schema_puts_reasoning_before_scores():
-    for schema in (rubric.reply_schema(), rubric.reply_schema(enum_scores=True)):
-        assert list(schema["properties"]) == ["reasoning", *rubric.CRITERIA]
-        assert schema["required"][0] == "reasoning"
+    schema = rubric.reply_schema()
+    assert list(schema["properties"]) == ["reasoning", *rubric.CRITERIA]
+    assert schema["required"][0] == "reasoning" and schema["additionalProperties"] is False
     strict = rubric.response_format("json_schema")
-    assert strict["json_schema"]["strict"] is True and strict["type"] == "json_schema"
+    assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert list(strict["json_schema"]["schema"]["properties"])[0] == "reasoning"
     assert rubric.response_format("json_object")["schema"]["properties"]["overall"]["enum"] == list(range(11))
     assert rubric.response_format("text") is None
 

@@ -91,13 +91,12 @@ def safetensors_data_bytes(path: Path) -> int:
     return path.stat().st_size - 8 - n
 
 
-def artifact_info(entry: Any, path: Path, tensor_bytes: int, source: ModelSourceInfo, cache_hit: bool,
-                  warnings: list[str] | None = None) -> ArtifactInfo:
-    """Uniform bits/weight for every format: 8 × tensor bytes / source parameter count."""
+def artifact_info(entry: Any, path: Path, source: ModelSourceInfo) -> ArtifactInfo:
+    """Uniform bits/weight for every format: 8 × tensor bytes (from the build manifest) / source parameters."""
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    bpw = 8 * tensor_bytes / source.n_params if source.n_params else None
     m = entry.manifest
+    bpw = 8 * m["tensor_bytes"] / source.n_params if source.n_params else None
     return ArtifactInfo(key=entry.key, path=str(path), size_bytes=size, bits_per_weight=bpw,
-                        build_s=float(m.get("build_s", 0.0)), cache_hit=cache_hit,
+                        build_s=float(m.get("build_s", 0.0)), cache_hit=entry.cache_hit,
                         tool_versions=m.get("tool_versions", {}), params=m["payload"].get("params", {}),
-                        warnings=list(warnings if warnings is not None else m.get("warnings", [])))
+                        warnings=list(m.get("warnings", [])))

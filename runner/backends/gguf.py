@@ -44,19 +44,24 @@ def gguf_tensor_bytes(path: Path) -> int:
     return int(sum(t.n_bytes for t in GGUFReader(str(path)).tensors))
 
 
-def check_gguf(path: Path) -> None:
-    """One clear error for a missing, foreign or truncated GGUF file."""
+def check_gguf(path: Path, expected_bytes: int) -> None:
+    """One clear error for a missing, foreign or truncated GGUF artifact (cheap: magic and size)."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
+        size = path.stat().st_size
     except OSError as e:
         raise ValueError(f"{path}: cannot read GGUF ({e})") from e
     if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r})")
-    try:
-        gguf_tensor_bytes(path)
-    except Exception as e:  # GGUFReader raises assorted errors on truncated data
-        raise ValueError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}); delete its store entry to rebuild")
+    if size != expected_bytes:
+        raise ValueError(f"{path}: truncated or corrupt GGUF ({size} bytes, built as {expected_bytes}); "
+                         f"delete its store entry to rebuild")
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    """Manifest fields of a freshly built GGUF (parsing it also validates it)."""
+    return {"file_bytes": path.stat().st_size, "tensor_bytes": gguf_tensor_bytes(path)}
 
 
 class _LogCapture:
@@ -188,7 +193,7 @@ class GGUFBackend:
             if proc.returncode != 0 or not out.exists():
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
                 raise RuntimeError(f"{CONVERTER} failed on {source_dir} (exit {proc.returncode}):\n{tail}")
-            return {"tool_versions": payload["tool_versions"]}
+            return {"tool_versions": payload["tool_versions"], **_sizes(out)}
 
         return store.get_or_build("gguf-base", payload, build)
 
@@ -205,8 +210,8 @@ class GGUFBackend:
         base = self._base(source_dir, source, outtype, store, versions)
         base_file = base.path / "model.gguf"
         if ftype.lower() == outtype:
-            check_gguf(base_file)
-            return artifact_info(base, base_file, gguf_tensor_bytes(base_file), source, base.cache_hit)
+            check_gguf(base_file, base.manifest["file_bytes"])
+            return artifact_info(base, base_file, source)
         n_threads = os.cpu_count() or 1
         payload = {"base": base.key, "params": {"ftype": ftype}, "tool_versions": versions}
 
@@ -219,12 +224,12 @@ class GGUFBackend:
                 rc = llama_cpp.llama_model_quantize(str(base_file).encode(), str(out).encode(), ctypes.byref(params))
             if rc != 0 or not out.exists():
                 raise RuntimeError(f"llama_model_quantize {ftype} failed (rc={rc}): {''.join(log.lines)[-800:]}")
-            return {"tool_versions": versions, "warnings": log.warnings()}
+            return {"tool_versions": versions, "warnings": log.warnings(), **_sizes(out)}
 
         entry = store.get_or_build("gguf", payload, build)
         path = entry.path / "model.gguf"
-        check_gguf(path)
-        return artifact_info(entry, path, gguf_tensor_bytes(path), source, entry.cache_hit)
+        check_gguf(path, entry.manifest["file_bytes"])
+        return artifact_info(entry, path, source)
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> GGUFSession:
         return GGUFSession(Path(artifact.path), format_cfg)

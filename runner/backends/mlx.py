@@ -89,12 +89,11 @@ class MLXBackend:
                 convert(str(source_dir), mlx_path=str(out), quantize=bool(bits or recipe),
                         q_group_size=params.get("group_size"), q_bits=bits, q_mode=params.get("mode", "affine"),
                         dtype=params.get("dtype"), quant_predicate=recipe)
-            return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits)}
+            return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits),
+                    "tensor_bytes": sum(safetensors_data_bytes(p) for p in out.glob("*.safetensors"))}
 
         entry = store.get_or_build("mlx", payload, build)
-        model_dir = entry.path / "model"
-        tensor_bytes = sum(safetensors_data_bytes(p) for p in model_dir.glob("*.safetensors"))
-        return artifact_info(entry, model_dir, tensor_bytes, source, entry.cache_hit)
+        return artifact_info(entry, entry.path / "model", source)
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
         return MLXSession(Path(artifact.path), str(format_cfg.get("compute_dtype", "auto")))

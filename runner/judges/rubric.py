@@ -73,14 +73,13 @@ class Verdict:
     scores: dict[str, int]
 
 
-def reply_schema(enum_scores: bool = False) -> dict[str, Any]:
+def reply_schema() -> dict[str, Any]:
     """JSON schema of a verdict, reasoning first so the model reasons before it scores.
 
-    `enum_scores` spells the range as an enum: llama.cpp's grammar enforces enums but not min/max.
+    The range is an enum, not minimum/maximum: llama.cpp's grammar enforces enums but not min/max, and enums
+    are in every strict structured-output subset. Replies are validated anyway.
     """
-    score: dict[str, Any] = {"type": "integer", "minimum": SCORE_MIN, "maximum": SCORE_MAX}
-    if enum_scores:
-        score = {"type": "integer", "enum": list(range(SCORE_MIN, SCORE_MAX + 1))}
+    score = {"type": "integer", "enum": list(range(SCORE_MIN, SCORE_MAX + 1))}
     return {
         "type": "object",
         "properties": {"reasoning": {"type": "string"}, **{c: dict(score) for c in CRITERIA}},
@@ -94,7 +93,7 @@ def response_format(kind: str) -> dict[str, Any] | None:
     if kind == "json_schema":  # OpenAI structured outputs
         return {"type": "json_schema", "json_schema": {"name": "judgment", "strict": True, "schema": reply_schema()}}
     if kind == "json_object":  # llama_cpp.server: grammar-constrained by the schema
-        return {"type": "json_object", "schema": reply_schema(enum_scores=True)}
+        return {"type": "json_object", "schema": reply_schema()}
     if kind == "text":
         return None
     raise ValueError(f"response_format {kind!r} is not one of {list(RESPONSE_FORMATS)}")
@@ -105,7 +104,7 @@ def _sha(text: str) -> str:
 
 
 RUBRIC_SHA = _sha(json.dumps([SYSTEM_PROMPT, USER_TEMPLATE, REFERENCE_TEMPLATE, TRUNCATION_NOTE,
-                              CORRECTION_TEMPLATE, reply_schema(), reply_schema(enum_scores=True)]))
+                              CORRECTION_TEMPLATE, reply_schema()]))
 
 
 def text_sha(text: str | None) -> str | None:

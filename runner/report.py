@@ -1,0 +1,461 @@
+"""A sweep's report, derived from its matrix and records: report.md, report.html (plots embedded) and pareto.png.
+
+Sections: overview, highlights (best by quality, fastest, smallest, a thresholded recommendation),
+quality, fidelity, speed, size, per category, fairness (the generation contract and the cross-engine
+noise floor), skipped and failed cells, statistics notes, plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from runner.judges.rubric import CRITERIA
+from runner.metrics.stats import bootstrap_ci
+from runner.records import CellRecord, GenerationContract
+from runner.summary import LEVEL, MEANS, N_BOOT, judge_noise
+
+MAX_KLD = 0.05  # default recommendation thresholds; see `write_report`
+MIN_TOP1 = 90.0
+NOT_DISTINCT = "≈"  # marks a delta whose CI includes 0
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)  # paragraphs; **bold** and `code` are the only markup
+    table: pd.DataFrame | None = None
+    image: str | None = None  # file name of a plot beside the report
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt(x: Any) -> str:
+    """Compact number: thousands separators for big values, 3 significant digits otherwise; '–' for missing."""
+    if _nan(x):
+        return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if not isinstance(x, (int, float, np.number)):
+        return str(x)
+    a = abs(float(x))
+    if a >= 1000:
+        return f"{x:,.0f}"
+    return "0" if a == 0 else f"{x:.3g}"
+
+
+def flag(x: Any) -> bool | None:
+    """A boolean matrix cell (numpy or Python bool, or missing) as bool | None."""
+    return None if _nan(x) else bool(x)
+
+
+def with_ci(row: pd.Series, col: str) -> str:
+    """'mean [lo, hi]' from the matrix columns col, col_lo, col_hi."""
+    value, lo, hi = row.get(col), row.get(f"{col}_lo"), row.get(f"{col}_hi")
+    if _nan(value) or _nan(lo) or _nan(hi):
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def delta(row: pd.Series, metric: str, is_base: bool) -> str:
+    """'Δ [lo, hi]', suffixed with ≈ when the CI includes 0."""
+    if is_base:
+        return "baseline"
+    d = row.get(f"d_{metric}")
+    if _nan(d):
+        return "–"
+    mark = f" {NOT_DISTINCT}" if flag(row.get(f"d_{metric}_sig")) is False else ""
+    return f"{signed(d)} [{signed(row.get(f'd_{metric}_lo'))}, {signed(row.get(f'd_{metric}_hi'))}]{mark}"
+
+
+def signed(x: float) -> str:
+    return ("-" if x < 0 else "+") + fmt(abs(x))
+
+
+# ------------------------------------------------------------------ the tables
+
+
+def labels(df: pd.DataFrame) -> pd.Series:
+    """'format precision', plus whichever identity fields vary in the sweep, plus '#job' if still ambiguous."""
+    base = df["format"].astype(str) + " " + df["precision"].astype(str)
+    for col in ("model", "generation", "prompts", "judge"):
+        if col in df and df[col].nunique(dropna=True) > 1:
+            base = base + " " + df[col].astype(str)
+    dup = base.duplicated(keep=False)
+    return base.where(~dup, base + " #" + df["job"].astype("Int64").astype(str))
+
+
+class Report:
+    """Builds the sections from the matrix (`df`, one row per cell) and the cell records."""
+
+    def __init__(self, df: pd.DataFrame, records: list[CellRecord], baseline: str | None,
+                 max_kld: float, min_top1: float):
+        self.df = df.assign(label=labels(df)).reset_index(drop=True)
+        self.records = records
+        self.baseline = baseline
+        self.max_kld, self.min_top1 = max_kld, min_top1
+        self.ok = self.df[self.df["status"] == "ok"]
+        self.judged = "overall" in self.ok and self.ok["overall"].notna().any()
+        self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
+        by_job = {r.cell.job_num: r for r in records}
+        self.label_of = {id(by_job[j]): lab for j, lab in zip(self.df["job"], self.df["label"])
+                         if not _nan(j) and j in by_job}
+        if None in by_job and len(self.df) == 1:  # a single run has no job number
+            self.label_of[id(by_job[None])] = self.df["label"].iloc[0]
+        self.ok_records = [r for r in records if r.status == "ok" and id(r) in self.label_of]
+
+    def is_base(self, row: pd.Series) -> bool:
+        return self.baseline == f"{row['format']}_{row['precision']}"
+
+    def sections(self) -> list[Section]:
+        return [self.overview(), self.highlights(), self.quality(), self.fidelity(), self.speed(), self.size(),
+                self.per_category(), self.fairness(), self.not_ok("skipped"), self.not_ok("failed"),
+                self.statistics(), Section("Plots", [self._plot_caption()], image="pareto.png")]
+
+    def _table(self, rows: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
+        """Columns of display strings; each value is a matrix column name or a function of the row."""
+        out = {name: [fmt(r.get(src)) if isinstance(src, str) else src(r) for _, r in rows.iterrows()]
+               for name, src in columns.items()}
+        return pd.DataFrame({"Build": list(rows["label"]), **out})
+
+    def overview(self) -> Section:
+        counts = self.df["status"].value_counts()
+        text = [f"{len(self.df)} cells: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed"))
+                + f". Baseline: `{self.baseline or 'none'}`. Models: {', '.join(sorted(self.df['model'].dropna().unique()))}."]
+        cols: dict[str, Any] = {"Status": "status", "Size GB": "size_gb", "Bits/weight": "bits_per_weight"}
+        if self.judged:
+            cols["Judge overall"] = lambda r: with_ci(r, "overall")
+        cols.update({"KLD": "kld_mean", "Top-1 %": "top1_pct", "Gen tok/s": lambda r: with_ci(r, "gen_tps"),
+                     "s/prompt": "s_per_prompt"})
+        return Section("Overview", text, self._table(self.df, cols))
+
+    # -------------------------------------------------------------- highlights and recommendation
+
+    def _pick(self, col: str, largest: bool, rows: pd.DataFrame | None = None) -> str:
+        rows = self.ok if rows is None else rows
+        rows = rows[rows[col].notna()] if col in rows else rows.iloc[0:0]
+        if rows.empty:
+            return "–"
+        best = rows.loc[rows[col].idxmax() if largest else rows[col].idxmin()]
+        vs_base = "" if _nan(best.get(f"d_{col}")) else f"; Δ vs baseline {delta(best, col, False)}"
+        return f"**{best['label']}** ({col} = {fmt(best[col])}{vs_base})"
+
+    def _why_not(self, row: pd.Series) -> list[str]:
+        why = []
+        if self.has_fidelity:
+            if _nan(row.get("kld_mean")):
+                why.append("no fidelity measured")
+            else:
+                if row["kld_mean"] > self.max_kld:
+                    why.append(f"KLD {fmt(row['kld_mean'])} > {fmt(self.max_kld)}")
+                if row["top1_pct"] < self.min_top1:
+                    why.append(f"top-1 {fmt(row['top1_pct'])}% < {fmt(self.min_top1)}%")
+        if self.judged:
+            if _nan(row.get("overall")):
+                why.append("not judged")
+            elif flag(row.get("d_overall_sig")) and row["d_overall"] < 0:
+                why.append(f"judge overall worse than baseline ({delta(row, 'overall', False)})")
+        return why
+
+    def highlights(self) -> Section:
+        if self.judged:
+            quality = self._pick("overall", largest=True)
+        elif self.has_fidelity:  # the reference has KLD 0 by definition
+            refs = self.ok["format"] + "_" + self.ok["precision"] != self.ok["fidelity_reference"]
+            quality = self._pick("kld_mean", largest=False, rows=self.ok[refs]) + " (lowest KLD, reference excluded)"
+        else:
+            quality = "– (no judge and no fidelity)"
+        text = [f"Best by quality: {quality}", f"Fastest: {self._pick('gen_tps', largest=True)}",
+                f"Smallest: {self._pick('size_gb', largest=False)}"]
+        criteria = []
+        if self.has_fidelity:
+            criteria += [f"KLD ≤ {fmt(self.max_kld)}", f"top-1 ≥ {fmt(self.min_top1)}%"]
+        if self.judged:
+            criteria.append("judge overall not distinguishably worse than the baseline (95% CI of Δ)")
+        if not criteria:
+            text.append("Recommendation: none (no quality data: judge=none and fidelity off).")
+            return Section("Highlights", text)
+        why = {i: self._why_not(r) for i, r in self.ok.iterrows()}
+        eligible = self.ok[[not why[i] for i in self.ok.index]]
+        rule = f"the smallest build with {', '.join(criteria)}"
+        if eligible.empty:
+            text.append(f"Recommendation: **no build meets the thresholds** ({rule}); keep the baseline.")
+        else:
+            pick = eligible.sort_values(["size_gb", "gen_tps"], ascending=[True, False]).iloc[0]
+            text.append(f"Recommendation: **{pick['label']}** ({fmt(pick['size_gb'])} GB), {rule}.")
+        text.append(f"Thresholds: max_kld={self.max_kld}, min_top1={self.min_top1} "
+                    "(`runner.report.write_report` arguments; `python -m runner.replay collect --max-kld --min-top1`).")
+        table = self._table(self.ok, {"Meets thresholds": lambda r: fmt(not why[r.name]),
+                                      "Why not": lambda r: "; ".join(why[r.name]) or "–"})
+        return Section("Highlights", text, table)
+
+    # -------------------------------------------------------------- metric tables
+
+    def quality(self) -> Section:
+        if not self.judged:
+            return Section("Quality (judge)", ["Not judged (judge=none, or every judgment failed). "
+                                               "Re-judge saved generations: `python -m runner.replay rejudge SWEEP judge=...`."])
+        cols: dict[str, Any] = {"Judge": "judge_model", "Judged": "judged"}
+        for c in CRITERIA:
+            cols[c.capitalize()] = lambda r, c=c: with_ci(r, c)
+            cols[f"Δ {c}"] = lambda r, c=c: delta(r, c, self.is_base(r))
+        cols.update({"Failed judgments": "judge_failed", "Cost $": "judge_cost_usd"})
+        noise = judge_noise(self.ok_records)
+        if noise is None:
+            floor = ("Judge noise floor: not measured (no answer was judged twice independently; "
+                     "judge repeats are not run, to save cost).")
+        else:
+            floor = (f"Judge noise floor: {noise.groups} identical answers from different builds were judged "
+                     f"independently ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
+                     f"max {fmt(noise.max_abs_diff)}. Score differences of that size are the judge's own noise.")
+        return Section("Quality (judge)", ["Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell.", floor],
+                       self._table(self.ok, cols))
+
+    def fidelity(self) -> Section:
+        if not self.has_fidelity and self.ok.get("answer_similarity", pd.Series(dtype=float)).isna().all():
+            return Section("Fidelity", ["No fidelity metrics (fidelity.enabled=false)."])
+        cols = {"Reference": "fidelity_reference", "KLD mean": lambda r: with_ci(r, "kld_mean"), "KLD p99": "kld_p99",
+                "Top-1 %": "top1_pct", "PPL": "ppl", "ΔPPL": "dppl",
+                "Answer agreement": lambda r: with_ci(r, "answer_agreement"),
+                "Answer similarity": lambda r: with_ci(r, "answer_similarity")}
+        return Section("Fidelity", ["KLD(reference ‖ build) per token on identical token ids (CI: mean ± 1.96 SE); "
+                                    "top-1: same argmax token; answer agreement: exact-match share of answers vs the "
+                                    "baseline's; similarity: token-sequence similarity."], self._table(self.ok, cols))
+
+    def speed(self) -> Section:
+        cols = {"Gen tok/s": lambda r: with_ci(r, "gen_tps"), "Δ gen tok/s": lambda r: delta(r, "gen_tps", self.is_base(r)),
+                "Prompt tok/s": lambda r: with_ci(r, "prompt_tps"), "TTFT s": lambda r: with_ci(r, "ttft_s"),
+                "s/prompt": lambda r: with_ci(r, "s_per_prompt"),
+                "Δ s/prompt": lambda r: delta(r, "s_per_prompt", self.is_base(r)),
+                "Mean tokens": "mean_tokens", "Truncated %": "truncated_pct", "Peak RSS MB": "peak_rss_mb",
+                "Cached answers": "generations_cached"}
+        return Section("Speed", ["Token-weighted throughput (CI: bootstrap of the ratio); Δ gen tok/s is the mean "
+                                 "per-answer difference. Cached answers keep the speed measured when first generated."],
+                       self._table(self.ok, cols))
+
+    def size(self) -> Section:
+        base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
+        base_gb = base["size_gb"].iloc[0] if len(base) else math.nan
+        cols = {"Size GB": "size_gb", "× baseline": lambda r: fmt(r["size_gb"] / base_gb), "Bits/weight": "bits_per_weight",
+                "Quantize s": "quantize_s", "Artifact cached": "artifact_cache_hit"}
+        return Section("Size", [], self._table(self.ok, cols))
+
+    def per_category(self) -> Section:
+        metric = "overall" if self.judged else "answer_similarity"
+        get = MEANS[metric]
+        rows: dict[str, dict[str, str]] = {}
+        for rec in self.ok_records:
+            by_cat: dict[str, list[float]] = defaultdict(list)
+            for r in rec.results:
+                by_cat[r.category].append(get(r))
+            rows[self.label_of[id(rec)]] = {
+                cat: "{} [{}, {}] (n={})".format(*map(fmt, bootstrap_ci(v, N_BOOT, LEVEL)), len(v)) if len(v) > 1
+                else f"{fmt(v[0])} (n=1)" for cat, v in sorted(by_cat.items())}
+        if not rows:
+            return Section("Per category", ["No ok cells."])
+        table = pd.DataFrame.from_dict(rows, orient="index").fillna("–").rename_axis("Build").reset_index()
+        return Section("Per category", [f"`{metric}` per prompt category, mean [95% CI]."], table)
+
+    # -------------------------------------------------------------- fairness
+
+    def fairness(self) -> Section:
+        recs = [r for r in self.ok_records if r.contract is not None]
+        if not recs:
+            return Section("Fairness", ["No ok cell records a generation contract."] + self._engine_noise())
+        table = pd.DataFrame.from_dict({self.label_of[id(r)]: {"model": r.cell.model, **contract_fields(r.contract)}
+                                        for r in recs}, orient="index")
+        text = []
+        for model, group in table.groupby("model"):  # templates and stop ids are per model
+            differ = [c for c in group.columns if group[c].nunique() > 1]
+            prompts = _rendered_prompt_mismatches([r for r in recs if r.cell.model == model])
+            problems = ([f"{', '.join(differ)} differ between ok cells"] if differ else []) + (
+                [f"rendered prompt token ids differ for {', '.join(prompts)}"] if prompts else [])
+            if problems:
+                text.append(f"⚠️ **CONTRACT MISMATCH ({model})**: {'; '.join(problems)}. "
+                            "Comparisons between these cells are not fair.")
+            else:
+                text.append(f"✅ All {len(group)} ok cells of `{model}` share one generation contract "
+                            "and identical rendered prompt token ids.")
+        if len(table.drop_duplicates()) == 1:  # one contract: show it once
+            table = pd.DataFrame({"Field": table.columns, "Value": table.iloc[0].values})
+        else:
+            table = table.rename_axis("Build").reset_index()
+        return Section("Fairness", text + self._engine_noise(), table)
+
+    def _engine_noise(self) -> list[str]:
+        """KLD of the FP16 cell of the other format vs the reference: the floor below which differences are engine noise."""
+        out = []
+        for _, r in self.ok.iterrows():
+            ref = r.get("fidelity_reference")
+            if _nan(ref) or _nan(r.get("kld_mean")) or "_" not in str(ref):
+                continue
+            ref_format, _, ref_precision = str(ref).partition("_")
+            if r["precision"] == ref_precision and r["format"] != ref_format:
+                out.append(f"Cross-engine noise floor: **{r['label']}** vs `{ref}` (same weights, other engine): "
+                           f"KLD {with_ci(r, 'kld_mean')}, top-1 {fmt(r.get('top1_pct'))}%, answer agreement "
+                           f"{fmt(r.get('answer_agreement'))}. Differences of this size are engine noise, not quantization.")
+        return out or ["Cross-engine noise floor: not measured (no FP16 cell of a second format in this sweep)."]
+
+    def not_ok(self, status: str) -> Section:
+        rows = self.df[self.df["status"] == status]
+        title = f"{status.capitalize()} cells"
+        if rows.empty:
+            return Section(title, ["None."])
+        return Section(title, [], self._table(rows, {"Job": "job", "Reason": "reason"}))
+
+    def statistics(self) -> Section:
+        return Section("Statistics", [
+            f"Means carry {LEVEL:.0%} percentile-bootstrap CIs over answers (prompts × repeats, {N_BOOT} resamples, "
+            "seeded: re-collecting gives the same numbers). With fewer than ~20 answers the percentile bootstrap "
+            "is optimistic (too narrow); use `repeats=K` with a sampled generation for more answers.",
+            f"Δ = paired per-answer difference (build − baseline) matched by prompt and repeat; "
+            f"{NOT_DISTINCT} marks a Δ whose CI includes 0, i.e. not distinguishable from the baseline.",
+            "The matrix (matrix.csv) holds every CI as `<metric>_lo`/`<metric>_hi` and every Δ as "
+            "`d_<metric>`, `d_<metric>_lo`, `d_<metric>_hi`, `d_<metric>_sig`."])
+
+    def _plot_caption(self) -> str:
+        y = "judge overall" if self.judged else "KLD vs the reference (lower is better)"
+        return f"{y} against size and generation speed; the dashed line joins the Pareto-optimal builds."
+
+
+def contract_fields(c: GenerationContract) -> dict[str, str]:
+    """The comparable part of a generation contract (the tokenizer path is machine-specific)."""
+    s = c.sampler
+    return {"temperature": fmt(s.temperature), "top_p": fmt(s.top_p), "top_k": fmt(s.top_k), "min_p": fmt(s.min_p),
+            "repetition_penalty": fmt(s.repetition_penalty), "seed": str(s.seed), "max_tokens": str(s.max_tokens),
+            "chat_template_sha": c.chat_template_sha[:12], "enable_thinking": str(c.enable_thinking),
+            "stop_token_ids": str(c.stop_token_ids),
+            "thinking": "stripped before judging" if c.strip_thinking else "kept"}
+
+
+def _rendered_prompt_mismatches(records: list[CellRecord]) -> list[str]:
+    shas: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        for r in rec.results:
+            shas[r.prompt_id].add(r.prompt_token_ids_sha)
+    return sorted(p for p, s in shas.items() if len(s) > 1)
+
+
+# ------------------------------------------------------------------ plot
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray, x_low_better: bool, y_high_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both axes, ordered along x."""
+    order = sorted(range(len(x)), key=lambda i: (x[i] if x_low_better else -x[i], -y[i] if y_high_better else y[i]))
+    front, best = [], -math.inf
+    for i in order:
+        score = y[i] if y_high_better else -y[i]
+        if score > best:
+            front.append(i)
+            best = score
+    return front
+
+
+def pareto_png(ok: pd.DataFrame, judged: bool) -> bytes | None:
+    """Quality (judge overall, else KLD) vs size and vs gen tok/s, one labelled point per build."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
+
+    ycol, ylabel = ("overall", "judge overall (higher is better)") if judged else ("kld_mean", "KLD vs reference (lower is better)")
+    ytitle = "judge overall" if judged else "KLD"
+    data = ok[ok[ycol].notna()] if ycol in ok else ok.iloc[0:0]
+    if data.empty:
+        return None
+    fig = Figure(figsize=(12, 5), dpi=110, layout="constrained")
+    for ax, xcol, xlabel, x_low in zip(fig.subplots(1, 2), ("size_gb", "gen_tps"),
+                                       ("size on disk (GB)", "generation speed (tok/s)"), (True, False)):
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ytitle} vs {xlabel.split(' (')[0]}")
+        d = data[data[xcol].notna()]
+        x, y = d[xcol].to_numpy(float), d[ycol].to_numpy(float)
+        yerr = None
+        if judged and {"overall_lo", "overall_hi"} <= set(d.columns):
+            yerr = np.abs(np.vstack([y - d["overall_lo"].to_numpy(float), d["overall_hi"].to_numpy(float) - y]))
+        ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3)
+        for k, (xi, yi, lab) in enumerate(zip(x, y, d["label"])):  # staggered so coincident points stay readable
+            ax.annotate(lab, (xi, yi), textcoords="offset points", xytext=(5, (5, -12, 17)[k % 3]), fontsize=9)
+        front = pareto_front(x, y, x_low, judged)
+        if len(front) > 1:
+            ax.plot(x[front], y[front], "--", color="gray", linewidth=1)
+        ax.locator_params(axis="x", nbins=6)
+        ax.margins(x=0.15, y=0.1)
+        ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _markdown(sections: list[Section], title: str) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for p in s.text:
+            out += [p, ""]
+        if s.table is not None:
+            out += [s.table.to_markdown(index=False), ""]
+        if s.image:
+            out += [f"![{s.title}]({s.image})", ""]
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+HTML = jinja2.Template("""<!doctype html>
+<html><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+</style></head><body>
+<h1>{{ title }}</h1>
+{% for s in sections %}<h2>{{ s.title }}</h2>
+{% for p in s.text %}<p>{{ inline(p) }}</p>
+{% endfor %}{% if s.table is not none %}{{ s.table.to_html(index=False, border=0) }}
+{% endif %}{% if s.image and png %}<img alt="{{ s.title }}" src="data:image/png;base64,{{ png }}">
+{% endif %}{% endfor %}</body></html>
+""")
+
+
+def write_report(df: pd.DataFrame, records: list[CellRecord], out_dir: Path, *, baseline: str | None = None,
+                 max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1) -> None:
+    """Write report.md, report.html and pareto.png into `out_dir`.
+
+    The recommendation is the smallest ok build with KLD ≤ `max_kld` (default 0.05 nats/token), top-1
+    agreement ≥ `min_top1` % (default 90) and, when judged, a judge overall not distinguishably worse
+    than the `baseline` cell (FORMAT_PRECISION, e.g. gguf_fp16). Criteria without data are skipped.
+    """
+    out_dir = Path(out_dir)
+    report = Report(df, records, baseline, max_kld, min_top1)
+    sections = report.sections()
+    png = pareto_png(report.ok, report.judged)
+    if png is None:
+        sections[-1] = Section("Plots", ["No plot: no ok cell has the quality metric."])
+    else:
+        (out_dir / "pareto.png").write_bytes(png)
+    title = f"Sweep report: {out_dir.resolve().name}"
+    (out_dir / "report.md").write_text(_markdown(sections, title))
+    (out_dir / "report.html").write_text(HTML.render(
+        title=title, sections=sections, inline=_inline, png=base64.b64encode(png).decode() if png else None))

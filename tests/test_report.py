@@ -1,0 +1,90 @@
+"""The report from synthetic records: tables, picks, thresholded recommendation, fairness, failures, plot."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from runner.collect import build_matrix
+from runner.report import write_report
+from test_summary import answer, cell_record  # the synthetic record builder (tests/ is on sys.path)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep_records(judged: bool = True, max_tokens_of_q8: int = 8, q4_overall: float = 7):
+    def results(overall: float, gen_tps: float, agreement: float = 1.0):
+        return [answer(f"p{i}", 0, overall + (i % 3 - 1) if judged else None, gen_tps=gen_tps + i,
+                       agreement=agreement) for i in range(6)]
+    return [
+        cell_record("gguf", "fp16", results(7, 100), job=0, kld=0.0, size_gb=16.0),
+        cell_record("gguf", "q8_0", results(7, 150), job=1, kld=0.004, top1=97.0, size_gb=8.5,
+                    max_tokens=max_tokens_of_q8),
+        cell_record("gguf", "q4_0", results(q4_overall, 220, 0.5), job=2, kld=0.08, top1=88.0, size_gb=4.5),
+        cell_record("mlx", "fp16", results(7, 90), job=3, kld=2e-6, size_gb=16.0),
+        cell_record("mlx", "q4_k_m", [], job=4, status="skipped", reason="precision 'q4_k_m' does not apply to mlx"),
+        cell_record("gguf", "q2_k", [], job=5, status="failed", reason="RuntimeError: quantize crashed"),
+    ]
+
+
+def report(tmp_path: Path, records, **options) -> str:
+    df = build_matrix(records, baseline="gguf_fp16")
+    write_report(df, records, tmp_path, baseline="gguf_fp16", **options)
+    return (tmp_path / "report.md").read_text()
+
+
+def test_report_has_every_table_and_lists_skipped_and_failed_cells(tmp_path):
+    md = report(tmp_path, sweep_records())
+    for title in ("Overview", "Highlights", "Quality (judge)", "Fidelity", "Speed", "Size", "Per category",
+                  "Fairness", "Skipped cells", "Failed cells", "Statistics", "Plots"):
+        assert f"## {title}\n" in md
+    assert "| gguf q4_0 " in md and "| Build " in md
+    assert "precision 'q4_k_m' does not apply to mlx" in md and "RuntimeError: quantize crashed" in md
+    assert "Best by quality: **gguf fp16**" in md or "Best by quality: **gguf q8_0**" in md
+    assert "Fastest: **gguf q4_0**" in md and "Smallest: **gguf q4_0**" in md
+    assert "Cross-engine noise floor: **mlx fp16** vs `gguf_fp16`" in md
+    assert "✅ All 4 ok cells of `tiny` share one generation contract" in md
+    assert "≈" in md  # mlx fp16's judge Δ is indistinguishable from zero
+    assert "| code " in md or "| code |" in md.replace("  ", " ")
+
+
+def test_recommendation_follows_the_thresholds(tmp_path):
+    md = report(tmp_path, sweep_records())
+    assert "Recommendation: **gguf q8_0**" in md  # q4_0 fails KLD ≤ 0.05 and top-1 ≥ 90 %
+    assert "KLD 0.08 > 0.05; top-1 88% < 90%" in md
+    loose = report(tmp_path, sweep_records(), max_kld=0.1, min_top1=80.0)
+    assert "Recommendation: **gguf q4_0**" in loose and "max_kld=0.1, min_top1=80.0" in loose
+    worse = report(tmp_path, sweep_records(q4_overall=5), max_kld=0.1, min_top1=80.0)
+    assert "Recommendation: **gguf q8_0**" in worse and "judge overall worse than baseline (-2 [-2, -2])" in worse
+
+
+def test_contract_mismatch_is_flagged_loudly(tmp_path):
+    md = report(tmp_path, sweep_records(max_tokens_of_q8=16))
+    assert "⚠️ **CONTRACT MISMATCH (tiny)**: max_tokens differ" in md
+
+
+def test_unjudged_sweep_uses_kld_and_html_embeds_a_valid_png(tmp_path):
+    md = report(tmp_path, sweep_records(judged=False))
+    assert "Not judged" in md and "Best by quality: **mlx fp16**" in md  # lowest KLD, the reference excluded
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<table") >= 8 and "data:image/png;base64," in html
+    png = tmp_path / "pareto.png"
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(png).shape[0] > 100
+
+
+def test_no_quality_data_means_no_recommendation(tmp_path):
+    records = [dataclasses.replace(r, fidelity=None) for r in sweep_records(judged=False)]
+    md = report(tmp_path, records)
+    assert "Recommendation: none" in md and "No plot" in md
+    assert not (tmp_path / "pareto.png").exists()
+
+
+@pytest.mark.parametrize("status", ["skipped", "failed"])
+def test_sweep_without_ok_cells_still_reports(tmp_path, status):
+    records = [cell_record("gguf", "fp16", [], status=status, reason="why")]
+    md = report(tmp_path, records)
+    assert f"| gguf fp16 | {status}" in md and "why" in md
