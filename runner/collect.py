@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.judges.aggregate import judge_columns
 from runner.records import CellRecord, read_cell_record
+from runner.report import write_report
 from runner.summary import stat_columns
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
 
     `report_options` go to `runner.report.write_report` (recommendation thresholds).
     """
-    from runner.report import write_report
-
     sweep_dir = Path(sweep_dir)
     records, missing = load_records(sweep_dir)
     baseline = sweep_baseline(sweep_dir, records)

@@ -14,6 +14,7 @@ import numpy as np
 
 from runner.backends.base import Session
 from runner.contract import ChatRenderer
+from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
 from runner.records import ArtifactInfo, FidelityResult
 from runner.store import Store
@@ -61,6 +62,7 @@ def reference_entry(store: Store, ref_artifact: ArtifactInfo, ref_runtime: dict[
 
 def score(session: Session, ref_dir: Path, ref_vocab: int, chunks: list[list[int]], reference: str,
           tokens_sha: str) -> FidelityResult:
+    reset_peak_rss()
     stats, warnings = [], []
     for i, chunk in enumerate(chunks):
         logp = session.logprobs(chunk)
@@ -69,4 +71,6 @@ def score(session: Session, ref_dir: Path, ref_vocab: int, chunks: list[list[int
             warnings.append(warning)
         ref = fidelity.load_reference_chunk(ref_dir / f"chunk_{i:04d}.npz")
         stats.append(fidelity.chunk_stats(ref, logp[:-1], np.asarray(chunk[1:])))
-    return fidelity.summarize(stats, reference, text_sha=tokens_sha, warnings=warnings)
+    result = fidelity.summarize(stats, reference, text_sha=tokens_sha, warnings=warnings)
+    result.peak_rss_mb = peak_rss_mb()
+    return result

@@ -157,6 +157,7 @@ class FidelityResult:
     rms_dp: float
     text_sha: str = ""
     warnings: list[str] = field(default_factory=list)
+    peak_rss_mb: float | None = None  # process peak while scoring (bounded by chunk size, not text length)
 
 
 @dataclass

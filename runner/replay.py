@@ -91,7 +91,8 @@ def expected_jobs(multirun_yaml: Path) -> int | None:
     sweeper = hydra.get("sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
-    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(hydra["overrides"]["task"])
+    task = (hydra.get("overrides") or {}).get("task") or []
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(task)
     try:
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     except HydraException:
@@ -192,7 +193,8 @@ def compare(old: CellRecord | None, new: CellRecord, label: str) -> CellDiff:
             diff.matches.append("fidelity identical")
         else:
             diff.reproduced = False
-            diff.differs.append("fidelity " + ", ".join(f"{k} {fmt(a)} → {fmt(b)}" for k, (a, b) in zip(keys, values)))
+            changes = ", ".join(f"{k} {fmt(a)} → {fmt(b)}" for k, (a, b) in zip(keys, values))
+            diff.differs.append(f"fidelity {changes}")
     old_scores = [o.judgment.scores if o and o.judgment else None for o, _ in pairs]
     new_scores = [n.judgment.scores if n.judgment else None for _, n in pairs]
     if any(old_scores) or any(new_scores):
@@ -200,7 +202,7 @@ def compare(old: CellRecord | None, new: CellRecord, label: str) -> CellDiff:
         if not changed:
             diff.matches.append(f"judge scores identical ({len(pairs)}/{len(pairs)})")
         else:  # an LLM judge re-asked need not repeat itself: reported, not a failure
-            diff.differs.append(f"judge scores changed on {changed} of {len(pairs)} answers (judge noise, not a failure)")
+            diff.differs.append(f"judge scores changed on {changed} of {len(pairs)} answers (judge noise)")
     within_noise, speed = _speed(pairs)
     (diff.matches if within_noise else diff.differs).append(speed)  # speed is reported, never a failure
     return diff
@@ -353,7 +355,8 @@ def _write_job(job: Job, cfg: DictConfig, overrides: list[str], out: Path, judge
 
 def _summary(df: pd.DataFrame, where: Path) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
-    failed = "".join(f"\n  failed: {r.format} {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")
+    failed = "".join(f"\n  failed: {r.format} {r.precision}: {r.reason}"
+                     for r in df.itertuples() if r.status == "failed")
     return f"{len(df)} cells ({counts}) → {where / 'matrix.md'}, {where / 'report.md'}{failed}"
 
 
@@ -373,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("collect", help="rebuild matrix and report from the records alone (no engine imported)")
     p.add_argument("sweep_dir", type=Path)
     p.add_argument("--max-kld", type=float, default=MAX_KLD, help=f"recommendation threshold (default {MAX_KLD})")
-    p.add_argument("--min-top1", type=float, default=MIN_TOP1, help=f"recommendation threshold, %% (default {MIN_TOP1})")
+    p.add_argument("--min-top1", type=float, default=MIN_TOP1,
+                   help=f"recommendation threshold, %% (default {MIN_TOP1})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -397,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in diffs:
         print(d.line())
     ok = all(d.reproduced for d in diffs)
-    print(f"{'reproduced' if ok else 'NOT reproduced'}: {len(diffs)} cells → {out} (comparison in {out / 'reproduce.md'})")
+    verdict = "reproduced" if ok else "NOT reproduced"
+    print(f"{verdict}: {len(diffs)} cells → {out} (comparison in {out / 'reproduce.md'})")
     return 0 if ok else 1
 
 

@@ -107,18 +107,16 @@ class Report:
     def __init__(self, df: pd.DataFrame, records: list[CellRecord], baseline: str | None,
                  max_kld: float, min_top1: float):
         self.df = df.assign(label=labels(df)).reset_index(drop=True)
-        self.records = records
         self.baseline = baseline
         self.max_kld, self.min_top1 = max_kld, min_top1
         self.ok = self.df[self.df["status"] == "ok"]
         self.judged = "overall" in self.ok and self.ok["overall"].notna().any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
-        by_job = {r.cell.job_num: r for r in records}
-        self.label_of = {id(by_job[j]): lab for j, lab in zip(self.df["job"], self.df["label"])
-                         if not _nan(j) and j in by_job}
-        if None in by_job and len(self.df) == 1:  # a single run has no job number
-            self.label_of[id(by_job[None])] = self.df["label"].iloc[0]
-        self.ok_records = [r for r in records if r.status == "ok" and id(r) in self.label_of]
+        self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
+        self.ok_records = [r for r in records if r.status == "ok" and r.cell.job_num in self.label_by_job]
+
+    def label(self, rec: CellRecord) -> str:
+        return self.label_by_job[rec.cell.job_num]
 
     def is_base(self, row: pd.Series) -> bool:
         return self.baseline == f"{row['format']}_{row['precision']}"
@@ -136,8 +134,10 @@ class Report:
 
     def overview(self) -> Section:
         counts = self.df["status"].value_counts()
-        text = [f"{len(self.df)} cells: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed"))
-                + f". Baseline: `{self.baseline or 'none'}`. Models: {', '.join(sorted(self.df['model'].dropna().unique()))}."]
+        statuses = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed"))
+        models = ", ".join(sorted(self.df["model"].dropna().unique()))
+        text = [f"{len(self.df)} cell{'s' * (len(self.df) != 1)}: {statuses}. Baseline: `{self.baseline or 'none'}`. "
+                f"Models: {models}."]
         cols: dict[str, Any] = {"Status": "status", "Size GB": "size_gb", "Bits/weight": "bits_per_weight"}
         if self.judged:
             cols["Judge overall"] = lambda r: with_ci(r, "overall")
@@ -178,7 +178,8 @@ class Report:
             quality = self._pick("overall", largest=True)
         elif self.has_fidelity:  # the reference has KLD 0 by definition
             refs = self.ok["format"] + "_" + self.ok["precision"] != self.ok["fidelity_reference"]
-            quality = self._pick("kld_mean", largest=False, rows=self.ok[refs]) + " (lowest KLD, reference excluded)"
+            quality = self._pick("kld_mean", largest=False, rows=self.ok[refs])
+            quality += " (lowest KLD, the reference excluded)" if quality != "–" else ""
         else:
             quality = "– (no judge and no fidelity)"
         text = [f"Best by quality: {quality}", f"Fastest: {self._pick('gen_tps', largest=True)}",
@@ -209,8 +210,9 @@ class Report:
 
     def quality(self) -> Section:
         if not self.judged:
-            return Section("Quality (judge)", ["Not judged (judge=none, or every judgment failed). "
-                                               "Re-judge saved generations: `python -m runner.replay rejudge SWEEP judge=...`."])
+            return Section("Quality (judge)", [
+                "Not judged (judge=none, or every judgment failed). Re-judge the saved generations: "
+                "`python -m runner.replay rejudge SWEEP judge=...`."])
         cols: dict[str, Any] = {"Judge": "judge_model", "Judged": "judged"}
         for c in CRITERIA:
             cols[c.capitalize()] = lambda r, c=c: with_ci(r, c)
@@ -224,8 +226,8 @@ class Report:
             floor = (f"Judge noise floor: {noise.groups} identical answers from different builds were judged "
                      f"independently ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
                      f"max {fmt(noise.max_abs_diff)}. Score differences of that size are the judge's own noise.")
-        return Section("Quality (judge)", ["Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell.", floor],
-                       self._table(self.ok, cols))
+        intro = "Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell."
+        return Section("Quality (judge)", [intro, floor], self._table(self.ok, cols))
 
     def fidelity(self) -> Section:
         if not self.has_fidelity and self.ok.get("answer_similarity", pd.Series(dtype=float)).isna().all():
@@ -239,7 +241,8 @@ class Report:
                                     "baseline's; similarity: token-sequence similarity."], self._table(self.ok, cols))
 
     def speed(self) -> Section:
-        cols = {"Gen tok/s": lambda r: with_ci(r, "gen_tps"), "Δ gen tok/s": lambda r: delta(r, "gen_tps", self.is_base(r)),
+        cols = {"Gen tok/s": lambda r: with_ci(r, "gen_tps"),
+                "Δ gen tok/s": lambda r: delta(r, "gen_tps", self.is_base(r)),
                 "Prompt tok/s": lambda r: with_ci(r, "prompt_tps"), "TTFT s": lambda r: with_ci(r, "ttft_s"),
                 "s/prompt": lambda r: with_ci(r, "s_per_prompt"),
                 "Δ s/prompt": lambda r: delta(r, "s_per_prompt", self.is_base(r)),
@@ -252,8 +255,8 @@ class Report:
     def size(self) -> Section:
         base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
         base_gb = base["size_gb"].iloc[0] if len(base) else math.nan
-        cols = {"Size GB": "size_gb", "× baseline": lambda r: fmt(r["size_gb"] / base_gb), "Bits/weight": "bits_per_weight",
-                "Quantize s": "quantize_s", "Artifact cached": "artifact_cache_hit"}
+        cols = {"Size GB": "size_gb", "× baseline": lambda r: fmt(r["size_gb"] / base_gb),
+                "Bits/weight": "bits_per_weight", "Quantize s": "quantize_s", "Artifact cached": "artifact_cache_hit"}
         return Section("Size", [], self._table(self.ok, cols))
 
     def per_category(self) -> Section:
@@ -264,7 +267,7 @@ class Report:
             by_cat: dict[str, list[float]] = defaultdict(list)
             for r in rec.results:
                 by_cat[r.category].append(get(r))
-            rows[self.label_of[id(rec)]] = {
+            rows[self.label(rec)] = {
                 cat: "{} [{}, {}] (n={})".format(*map(fmt, bootstrap_ci(v, N_BOOT, LEVEL)), len(v)) if len(v) > 1
                 else f"{fmt(v[0])} (n=1)" for cat, v in sorted(by_cat.items())}
         if not rows:
@@ -278,7 +281,7 @@ class Report:
         recs = [r for r in self.ok_records if r.contract is not None]
         if not recs:
             return Section("Fairness", ["No ok cell records a generation contract."] + self._engine_noise())
-        table = pd.DataFrame.from_dict({self.label_of[id(r)]: {"model": r.cell.model, **contract_fields(r.contract)}
+        table = pd.DataFrame.from_dict({self.label(r): {"model": r.cell.model, **contract_fields(r.contract)}
                                         for r in recs}, orient="index")
         text = []
         for model, group in table.groupby("model"):  # templates and stop ids are per model
@@ -299,7 +302,7 @@ class Report:
         return Section("Fairness", text + self._engine_noise(), table)
 
     def _engine_noise(self) -> list[str]:
-        """KLD of the FP16 cell of the other format vs the reference: the floor below which differences are engine noise."""
+        """KLD of the reference precision's cell in the other format vs the reference: the engine noise floor."""
         out = []
         for _, r in self.ok.iterrows():
             ref = r.get("fidelity_reference")
@@ -309,7 +312,8 @@ class Report:
             if r["precision"] == ref_precision and r["format"] != ref_format:
                 out.append(f"Cross-engine noise floor: **{r['label']}** vs `{ref}` (same weights, other engine): "
                            f"KLD {with_ci(r, 'kld_mean')}, top-1 {fmt(r.get('top1_pct'))}%, answer agreement "
-                           f"{fmt(r.get('answer_agreement'))}. Differences of this size are engine noise, not quantization.")
+                           f"{fmt(r.get('answer_agreement'))}. Differences of this size are engine noise, "
+                           "not quantization.")
         return out or ["Cross-engine noise floor: not measured (no FP16 cell of a second format in this sweep)."]
 
     def not_ok(self, status: str) -> Section:
@@ -371,8 +375,10 @@ def pareto_png(ok: pd.DataFrame, judged: bool) -> bytes | None:
     """Quality (judge overall, else KLD) vs size and vs gen tok/s, one labelled point per build."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
 
-    ycol, ylabel = ("overall", "judge overall (higher is better)") if judged else ("kld_mean", "KLD vs reference (lower is better)")
-    ytitle = "judge overall" if judged else "KLD"
+    if judged:
+        ycol, ylabel, ytitle = "overall", "judge overall (higher is better)", "judge overall"
+    else:
+        ycol, ylabel, ytitle = "kld_mean", "KLD vs reference (lower is better)", "KLD"
     data = ok[ok[ycol].notna()] if ycol in ok else ok.iloc[0:0]
     if data.empty:
         return None

@@ -23,9 +23,10 @@ def answer(pid: str, repeat: int, overall: float | None, *, gen_tps: float = 100
     judgment = None if overall is None else Judgment(
         "judge-model", "v1", scores={c: int(overall) for c in ("overall", "accuracy", "coherence", "relevance")},
         key=key or f"{pid}-{repeat}-{overall}-{gen_tps}")
-    return PromptResult(prompt_id=pid, category=CATEGORIES[int(pid[1:]) % 2], repeat=repeat, prompt_text=f"prompt {pid}",
-                        reference=None, rendered_prompt=f"<user>prompt {pid}", prompt_token_ids_sha=f"sha-{pid}",
-                        generation_key=f"gen-{pid}-{repeat}", generation=gen, answer=gen.text, judgment=judgment,
+    return PromptResult(prompt_id=pid, category=CATEGORIES[int(pid[1:]) % 2], repeat=repeat,
+                        prompt_text=f"prompt {pid}", reference=None, rendered_prompt=f"<user>prompt {pid}",
+                        prompt_token_ids_sha=f"sha-{pid}", generation_key=f"gen-{pid}-{repeat}", generation=gen,
+                        answer=gen.text, judgment=judgment,
                         agreement={"exact": agreement, "token_similarity": agreement, "prefix_match": agreement})
 
 
@@ -42,8 +43,8 @@ def cell_record(fmt: str, precision: str, results: list[PromptResult], *, job: i
         kld_max=5 * kld, top1_pct=top1, ppl=10.0 + kld, ref_ppl=10.0, dppl=kld, rms_dp=kld)
     return CellRecord(
         cell=ident, status="ok",
-        artifact=ArtifactInfo(key=f"{fmt}-{precision}", path="/x", size_bytes=int(size_gb * 1e9), bits_per_weight=16 * size_gb,
-                              build_s=1.0, cache_hit=False),
+        artifact=ArtifactInfo(key=f"{fmt}-{precision}", path="/x", size_bytes=int(size_gb * 1e9),
+                              bits_per_weight=16 * size_gb, build_s=1.0, cache_hit=False),
         contract=GenerationContract(SamplerParams(0.0, 1.0, 0, 0.0, 1.0, max_tokens, 0), "template-sha", False, [4],
                                     "/tok", True),
         results=results, speed=speed_stats(results), fidelity=fidelity)

@@ -1,0 +1,86 @@
+"""Fidelity vs FP16 on identical token ids, through both real engines on the tiny model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import run_runner, sweep_dirs
+from runner.records import read_cell_record
+from runner.store import Store
+
+FID = ["generation.max_tokens=4", "quiet=true", "fidelity.tokens=1536", "fidelity.chunk_len=256", "fidelity.top_k=64"]
+GGUF_ORDER = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
+
+
+@pytest.fixture(scope="module")
+def fidelity_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid")
+    proc = run_runner(["-m", "format=gguf,mlx", "precision=fp16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,8bit,4bit", *FID], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dirs(root)[0]
+    return sweep, pd.read_csv(sweep / "matrix.csv").query("status == 'ok'").set_index(["format", "precision"])
+
+
+def test_reference_against_itself_is_zero(fidelity_sweep):
+    _, df = fidelity_sweep
+    ref = df.loc[("gguf", "fp16")]
+    assert abs(ref.kld_mean) < 1e-4 and ref.top1_pct == 100.0 and ref.dppl == 0.0
+
+
+def test_kld_and_top1_rank_the_precisions(fidelity_sweep):
+    _, df = fidelity_sweep
+    kld = [df.loc[("gguf", p)].kld_mean for p in GGUF_ORDER]
+    assert kld == sorted(kld), dict(zip(GGUF_ORDER, kld))
+    top1 = [df.loc[("gguf", p)].top1_pct for p in GGUF_ORDER]
+    assert top1 == sorted(top1, reverse=True), dict(zip(GGUF_ORDER, top1))
+    assert df.loc[("mlx", "8bit")].kld_mean < df.loc[("mlx", "4bit")].kld_mean
+    assert df.loc[("mlx", "8bit")].top1_pct >= df.loc[("mlx", "4bit")].top1_pct
+
+
+def test_cross_engine_noise_floor_is_small(fidelity_sweep):
+    """MLX fp16 vs the GGUF F16 reference: the floor below which differences are engine noise."""
+    _, df = fidelity_sweep
+    floor = df.loc[("mlx", "fp16")].kld_mean
+    assert 0 <= floor < df.loc[("gguf", "q8_0")].kld_mean
+    print(f"cross-engine noise floor (KLD mlx fp16 vs gguf F16): {floor:.2e}")
+
+
+def test_reference_computed_once_per_sweep(fidelity_sweep):
+    sweep, _ = fidelity_sweep
+    store = Store(sweep.parents[1] / "store")
+    assert len(store.builds("fidelity-ref")) == 1
+    assert len(store.builds("fidelity")) == 9  # every ok cell scored once (the reference too)
+
+
+def test_records_carry_fidelity_and_answer_agreement(fidelity_sweep):
+    sweep, df = fidelity_sweep
+    for col in ("kld_mean", "kld_se", "kld_p99", "top1_pct", "ppl", "dppl", "answer_agreement"):
+        assert df[col].notna().all(), col
+    rec = read_cell_record(next(p for p in sweep.glob("*/result.json") if read_cell_record(p).status == "ok"))
+    assert rec.fidelity.n_tokens == 6 * 255 and rec.fidelity.reference == "gguf_fp16"
+    assert all(r.agreement and set(r.agreement) >= {"exact", "token_similarity"} for r in rec.results)
+
+
+def test_reference_built_on_demand_when_excluded_from_the_sweep(tmp_path):
+    proc = run_runner(["format=mlx", "precision=4bit", *FID], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = (tmp_path / "runs").glob("*/result.json")
+    rec = read_cell_record(path)
+    assert rec.fidelity.kld_mean > 0 and rec.fidelity.reference == "gguf_fp16"
+
+
+def test_mlx_reference_option(tmp_path):
+    proc = run_runner(["format=gguf", "precision=q4_0", "baseline=mlx_fp16", *FID], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = (tmp_path / "runs").glob("*/result.json")
+    assert read_cell_record(path).fidelity.reference == "mlx_fp16"
+
+
+def test_eval_text_shorter_than_a_chunk(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("just a few words")
+    proc = run_runner(["fidelity.chunk_len=256", f"fidelity.text={text}", "generation.max_tokens=4", "quiet=true"],
+                      tmp_path)
+    assert proc.returncode == 1
+    assert "shorter than one chunk" in proc.stdout + proc.stderr and "short.txt" in proc.stdout + proc.stderr

@@ -1,0 +1,82 @@
+"""The judge stage inside real sweeps: matrix columns, failures never 0, zero calls on re-run, no leaked key."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from conftest import FAST, run_runner, sweep_dirs
+from runner.records import read_cell_record
+from runner.testing.fault_server import FaultServerProcess
+
+KEY = "sk-test-PLANTED-sweep-987"
+
+
+def judge_args(url: str) -> list[str]:
+    return ["judge=openai", f"judge.base_url={url}", "judge.model=gpt-4o-mini", "judge.max_retries=2",
+            "judge.backoff_base_s=0.05", "judge.backoff_max_s=0.2", "judge.timeout_s=2", "judge.reference=baseline"]
+
+
+def test_judged_sweep_with_faults(tmp_path):
+    with FaultServerProcess(fault_rate=0.3, seed=1, retry_after=0, hang_s=5) as server:
+        args = ["-m", "format=gguf,mlx", "precision=fp16,q4_0", *FAST, "fidelity.enabled=false",
+                *judge_args(server.base_url)]
+        proc = run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        first_requests = server.stats()["requests"]
+        sweep = sweep_dirs(tmp_path)[0]
+        df = pd.read_csv(sweep / "matrix.csv").set_index(["format", "precision"])
+        ok = df[df.status == "ok"]
+        assert len(ok) == 3
+        for col in ("overall", "accuracy", "coherence", "relevance", "overall_code", "judged", "judge_cost_usd",
+                    "judge_model"):
+            assert col in df.columns
+        assert (ok.judge_model == "gpt-4o-mini").all()
+        for path in sweep.glob("*/result.json"):
+            rec = read_cell_record(path)
+            for r in rec.results:
+                j = r.judgment
+                assert j is not None and j.attempts >= 1
+                if j.scores is None:
+                    assert j.error  # a failure says why; it is never a score of 0
+                else:
+                    assert all(1 <= v <= 10 for v in j.scores.values())
+            valid = [r.judgment.scores["overall"] for r in rec.results if r.judgment and r.judgment.scores]
+            row = df.loc[(rec.cell.format, rec.cell.precision)]
+            if rec.status == "ok":
+                assert row.judged == f"{len(valid)}/{len(rec.results)}"
+                assert math.isclose(row.overall, sum(valid) / len(valid)) if valid else math.isnan(row.overall)
+
+        # Re-running (or re-collecting) makes zero judge calls for judgments that succeeded.
+        failed_before = int(ok.judge_failed.sum())
+        proc = run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY})
+        assert proc.returncode == 0
+        if failed_before == 0:
+            assert server.stats()["requests"] == first_requests
+
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_missing_key_fails_before_generation(tmp_path):
+    proc = run_runner([*FAST, "judge=openai"], tmp_path, env={"OPENAI_API_KEY": ""})
+    assert proc.returncode == 1
+    assert "OPENAI_API_KEY" in proc.stdout + proc.stderr
+    (rec_path,) = (tmp_path / "runs").glob("*/result.json")
+    assert read_cell_record(rec_path).results == []
+    assert not (tmp_path / "store" / "generations").exists()
+
+
+def test_unreachable_judge_records_failures_and_completes(tmp_path):
+    args = [*FAST, "fidelity.enabled=false", "judge=local", "judge.base_url=http://127.0.0.1:9/v1",
+            "judge.model=m", "judge.max_retries=1", "judge.backoff_base_s=0.01", "judge.timeout_s=1"]
+    proc = run_runner(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (rec_path,) = (tmp_path / "runs").glob("*/result.json")
+    rec = read_cell_record(rec_path)
+    assert rec.status == "ok"
+    assert all(r.judgment.scores is None and r.judgment.error for r in rec.results)
+    df = pd.read_csv(rec_path.parent / "matrix.csv")
+    assert df.judged[0] == "0/7" and math.isnan(df.overall[0]) and math.isnan(df.judge_cost_usd[0])
