@@ -10,6 +10,7 @@ Only `reproduce` loads engines; `collect` and `rejudge` work on a sweep dir copi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -38,8 +39,6 @@ from runner.records import CellRecord, read_cell_record, to_json, write_json_ato
 from runner.report import MAX_KLD, MIN_TOP1, fmt
 from runner.store import Store
 from runner.summary import DELTAS, find_baseline
-
-log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -138,10 +137,6 @@ def _prepare_out(out: Path) -> None:
 
 
 # ------------------------------------------------------------------ reproduce
-
-
-def _label(rec: CellRecord | None, job: Job) -> str:
-    return f"#{job.num} {rec.cell.format} {rec.cell.precision}" if rec else f"#{job.num}"
 
 
 @dataclass
@@ -247,7 +242,7 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, quiet: bool = False)
             record = run_cell(cell, new_dir, progress)
         finally:
             progress.close()
-        diffs.append(compare(job.record, record, _label(record, job)))
+        diffs.append(compare(job.record, record, f"#{job.num} {record.cell.format} {record.cell.precision}"))
     collect(out)
     (out / "reproduce.md").write_text(f"# Reproduction of {sweep.dir}\n\n"
                                       + "".join(f"- {d.line()}\n" for d in diffs))
@@ -276,12 +271,12 @@ def judge_section(old: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def _judge_overrides(old: list[str], new: list[str]) -> list[str]:
-    """The job's overrides as the re-judged config reads: `judge=NAME` replaces all judge ones, a key its own."""
+    """The job's overrides as the re-judged config reads: `judge=NAME` replaces every judge one, `judge.K=V` its key."""
     def key(o: str) -> str:
         return o.lstrip("+~").partition("=")[0]
     new_keys = {key(o) for o in new}
-    replaced = (lambda k: k == "judge" or k.startswith("judge.")) if "judge" in new_keys else new_keys.__contains__
-    return [o for o in old if not replaced(key(o))] + list(new)
+    whole = "judge" in new_keys
+    return [o for o in old if not (key(o) in new_keys or whole and key(o).split(".")[0] == "judge")] + list(new)
 
 
 def rejudge(sweep: Sweep, overrides: list[str], out: Path | None = None) -> tuple[Path, pd.DataFrame]:
@@ -291,26 +286,23 @@ def rejudge(sweep: Sweep, overrides: list[str], out: Path | None = None) -> tupl
         cfg = job.config()
         cfg.judge = judge_section(cfg.judge, overrides)
         configs[job.num] = cfg
-    name = str(next(iter(configs.values())).judge.name)
-    out = out or sweep.dir / f"rejudge-{name}"
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(sweep.dir / "multirun.yaml", out / "multirun.yaml")
-    records = sweep.records
     groups: dict[str, list[Job]] = {}  # jobs sharing one judge config share one judge (and its server)
     for job in sweep.jobs:
         key = json.dumps(OmegaConf.to_container(configs[job.num].judge, resolve=True), sort_keys=True, default=str)
         groups.setdefault(key, []).append(job)
+    plans = []  # everything that can fail on the user's input fails here, before anything is written
     for jobs in groups.values():
         judge = make_judge(configs[jobs[0].num].judge)
-        baselines = {job.num: _baseline_answers(job, configs[job.num], records) for job in jobs}  # fail before judging
         if judge is not None:
             judge.check_ready()
-            with judge:
-                for job in jobs:
-                    _write_job(job, configs[job.num], overrides, out, judge, baselines[job.num], sweep.dir)
-        else:
+        plans.append((judge, jobs, {job.num: _baseline_answers(job, configs[job.num], sweep.records) for job in jobs}))
+    out = out or sweep.dir / f"rejudge-{next(iter(configs.values())).judge.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sweep.dir / "multirun.yaml", out / "multirun.yaml")
+    for judge, jobs, baselines in plans:
+        with judge if judge is not None else contextlib.nullcontext():
             for job in jobs:
-                _write_job(job, configs[job.num], overrides, out, None, None, sweep.dir)
+                _write_job(job, configs[job.num], overrides, out, judge, baselines[job.num], sweep.dir)
     return out, collect(out)
 
 
