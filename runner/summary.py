@@ -5,7 +5,8 @@ gives identical numbers. Paired deltas (cell − baseline) pair answers by (prom
 of every cell used seed + r, so pairs share their sampler seed.
 
 Column names, for a metric `m` of the matrix:
-  m_lo, m_hi                       95% CI of the cell's mean (ratio of sums for gen_tps / prompt_tps)
+  m_lo, m_hi                       95% CI of the cell's mean (ratio of sums for gen_tps / prompt_tps;
+                                   kld_mean: mean ± z·SE from the record, per-token KLDs are not stored)
   d_m, d_m_lo, d_m_hi, d_m_sig     mean paired difference vs the baseline cell, its CI, and whether the
                                    CI excludes 0 (False = not distinguishable from the baseline)
 """
@@ -125,7 +126,7 @@ def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, float]:
         _, cols[f"{name}_lo"], cols[f"{name}_hi"] = ratio_ci(pairs[:, 0], pairs[:, 1], n_boot, level)
     by_cat: dict[str, list[float]] = defaultdict(list)
     for r in rec.results:
-        by_cat[r.category].append(_score("overall")(r))
+        by_cat[r.category].append(MEANS["overall"](r))
     for cat, values in sorted(by_cat.items()):
         _, cols[f"overall_{cat}_lo"], cols[f"overall_{cat}_hi"] = bootstrap_ci(values, n_boot, level)
     f = rec.fidelity
