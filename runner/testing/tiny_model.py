@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-TINY_MODEL_VERSION = "2"
-FINAL_NORM_GAIN = 6.0  # bump when the recipe changes (it is part of cache keys)
+TINY_MODEL_VERSION = "2"  # bump when the recipe changes (it is part of cache keys)
+FINAL_NORM_GAIN = 6.0  # spreads the logits so greedy answers vary (see _weights)
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]  # CONTROL in llama.cpp
 THINK_TOKENS = ["<think>", "</think>"]  # user-defined, not special (as in Qwen3)
