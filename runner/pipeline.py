@@ -13,9 +13,9 @@ import json
 import logging
 import time
 import traceback
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 from runner import versions
 from runner.backends import get_backend
@@ -60,18 +60,14 @@ class CellRun:
         self.record = CellRecord(cell=cell.identity, status="ok", started_at=_now())
         self.stack = ExitStack()
 
-    def timed(self, stage: str):
-        run = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-                run.progress.stage(stage)
-
-            def __exit__(self, *exc):
-                run.record.timings[stage] = round(time.perf_counter() - self.t0, 4)
-
-        return _Timer()
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        self.progress.stage(stage)
+        try:
+            yield
+        finally:
+            self.record.timings[stage] = round(time.perf_counter() - t0, 4)
 
     def run(self) -> CellRecord:
         cell, rec = self.cell, self.record
@@ -152,6 +148,7 @@ class CellRun:
             stage = self._reference_stage(cell.baseline, source_dir, store, renderer, stop_ids, strip, own)
             if stage is own:
                 return {(r.prompt_id, r.repeat): r for r in self.record.results}
+            own.close()  # one model in memory at a time; reloaded lazily if fidelity needs it
             results = stage.run(prompts, rendered, cell.sampler, cell.repeats)
             stage.close()
             return {(r.prompt_id, r.repeat): r for r in results}
@@ -163,6 +160,8 @@ class CellRun:
         chunks, sha = fidelity_stage.eval_chunks(cell.fidelity, renderer)
         reference = str(cell.fidelity.get("reference") or cell.baseline)
         ref_stage = self._reference_stage(reference, source_dir, store, renderer, [], True, own)
+        if ref_stage is not own:
+            own.close()  # one model in memory at a time
         entry = fidelity_stage.reference_entry(
             store, ref_stage.artifact, ref_stage.backend.runtime_key(ref_stage.format_cfg), chunks, sha,
             int(cell.fidelity["top_k"]), ref_stage.session)
