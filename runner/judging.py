@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from runner.judges.base import Judge, JudgeItem
+from runner.judges.base import REFERENCE_MODES, Judge, JudgeItem
 from runner.records import PromptResult
 from runner.store import Store
-
-REFERENCE_MODES = ("none", "prompt", "baseline")
 
 
 def judge_items(results: list[PromptResult], mode: str,

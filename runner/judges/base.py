@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from runner.store import Store
 
 JUDGE_NAMES = ("none", "openai", "local")
+REFERENCE_MODES = ("none", "prompt", "baseline")  # what `judge.reference` may name
 
 
 @dataclass

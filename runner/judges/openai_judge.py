@@ -21,14 +21,13 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from runner.judges import rubric
-from runner.judges.base import JudgeItem
+from runner.judges.base import REFERENCE_MODES, JudgeItem
 from runner.judges.local_server import LocalServer, ServerSettings
 from runner.records import Judgment, from_dict, to_dict
 from runner.store import Store, hash_payload
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MODES = ("baseline", "prompt", "none")
 MAX_RETRY_AFTER_S = 120.0
 _REASONING_MODEL = re.compile(r"^(gpt-5|o\d)")
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{8,}")
