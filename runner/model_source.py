@@ -51,10 +51,15 @@ def check_hf_folder(path: Path) -> int:
     return sum(check_safetensors(w) for w in weights)
 
 
-def content_hash(path: Path) -> str:
-    """Hash of every regular file's name and bytes (paths and timestamps never enter)."""
+def content_hash(path: Path, store: Store | None = None) -> str:
+    """Hash of every regular file's name and bytes (paths and timestamps never enter the hash).
+
+    With a store, file digests are memoized by (path, size, mtime) so a 16 GB checkpoint is read once,
+    not once per cell.
+    """
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return hash_payload([[str(p.relative_to(path)), sha256_file(p)] for p in files])
+    digest = store.file_digest if store is not None else sha256_file
+    return hash_payload([[str(p.relative_to(path)), digest(p)] for p in files])
 
 
 def resolve_model(model_cfg: dict[str, Any], store: Store) -> tuple[Path, ModelSourceInfo]:
@@ -73,7 +78,7 @@ def resolve_model(model_cfg: dict[str, Any], store: Store) -> tuple[Path, ModelS
     if kind == "local":
         path = Path(str(model_cfg.get("path"))).expanduser().resolve()
         n_params = check_hf_folder(path)
-        return path, ModelSourceInfo(name, kind, str(path), content_hash(path), None, n_params)
+        return path, ModelSourceInfo(name, kind, str(path), content_hash(path, store), None, n_params)
     if kind == "hub":
         return _resolve_hub(model_cfg, name)
     raise ValueError(f"model.source={kind!r} in conf/model/{name}.yaml: expected builder, local or hub")

@@ -103,6 +103,24 @@ class Store:
         """Cache a small JSON result (generation, judgment) under its payload key."""
         return self.get_or_build(kind, payload, lambda tmp: {"record": record})
 
+    def file_digest(self, path: Path) -> str:
+        """sha256 of a file, memoized by (resolved path, size, mtime_ns) in `<root>/digests.json`."""
+        st = path.stat()
+        ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        memo_path = self.root / "digests.json"
+        with FileLock(str(memo_path) + ".lock"):
+            memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+        if ident in memo:
+            return memo[ident]
+        digest = sha256_file(path)
+        with FileLock(str(memo_path) + ".lock"):
+            memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+            memo[ident] = digest
+            tmp = memo_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
+            tmp.replace(memo_path)
+        return digest
+
     def builds(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Build log entries (for tests and benchmarks: how many conversions happened)."""
         log = self.root / "builds.jsonl"

@@ -64,3 +64,16 @@ def test_killed_sweep_reruns_to_completion(tmp_path):
     store = Store(tmp_path / "store")
     assert len(store.builds("gguf-base")) == 1  # the conversion done before the kill was reused
     assert not list(store.root.glob("*/.tmp-*"))
+
+
+def test_file_digests_are_memoized_and_follow_content(tmp_path):
+    from runner.model_source import content_hash
+
+    store = Store(tmp_path / "store")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "a.bin").write_bytes(b"one")
+    first = content_hash(model, store)
+    assert first == content_hash(model) and "a.bin" in (tmp_path / "store" / "digests.json").read_text()
+    (model / "a.bin").write_bytes(b"two!")  # new size and mtime: digested again
+    assert content_hash(model, store) != first
