@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.records import CellIdentity, SamplerParams
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,3 +91,6 @@ class Cell:
             raise ValueError(f"generation.top_p must be in (0, 1], got {g['top_p']}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.repeats > 1 and float(g["temperature"]) == 0.0:
+            log.warning("repeats=%d with greedy decoding (temperature 0) repeats identical answers; "
+                        "use generation=sampled for confidence intervals over seeds", self.repeats)

@@ -11,7 +11,7 @@ from runner.backends.base import Backend, Session
 from runner.contract import ChatRenderer, RenderedPrompt, split_thinking
 from runner.memory import reset_peak_rss
 from runner.prompts import Prompt
-from runner.records import ArtifactInfo, Generation, PromptResult, SamplerParams
+from runner.records import ArtifactInfo, Generation, PromptResult, SamplerParams, from_dict
 from runner.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class GenerationStage:
         payload = self.key_payload(rendered, sampler)
         hit = self.store.lookup("generations", payload)
         if hit is not None:
-            gen = Generation(**hit.manifest["record"])
+            gen = from_dict(Generation, hit.manifest["record"])
         else:
             gen = base.generate(self.session(), rendered.token_ids, sampler, self.stop_ids)
             gen.text = self.renderer.decode(gen.token_ids)

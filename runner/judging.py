@@ -31,6 +31,7 @@ def judge_items(results: list[PromptResult], mode: str,
 def apply_judge(judge: Judge, store: Store, results: list[PromptResult], mode: str,
                 baseline_answers: dict[tuple[str, int], str] | None) -> None:
     """Judge every result in place (`result.judgment`); per-item failures are recorded, not raised."""
-    judgments = judge.judge_all(judge_items(results, mode, baseline_answers), store)
-    for r, j in zip(results, judgments):
+    items = judge_items(results, mode, baseline_answers)
+    for r, item, j in zip(results, items, judge.judge_all(items, store)):
+        j.answer_truncated = item.truncated
         r.judgment = j

@@ -75,6 +75,7 @@ class Judgment:
     cost_usd: float | None = None
     cache_hit: bool = False
     key: str = ""
+    answer_truncated: bool = False  # the judged answer was cut at max_tokens (the judge was told)
 
 
 @dataclass

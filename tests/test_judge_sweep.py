@@ -38,6 +38,7 @@ def test_judged_sweep_with_faults(tmp_path):
             for r in rec.results:
                 j = r.judgment
                 assert j is not None and j.attempts >= 1
+                assert j.answer_truncated == (r.generation.finish_reason == "length")
                 if j.scores is None:
                     assert j.error  # a failure says why; it is never a score of 0
                 else:
