@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.judges.aggregate import judge_columns
+from runner.judging import all_judgments
 from runner.records import CellRecord, read_cell_record
 from runner.report import write_report
 from runner.summary import stat_columns
@@ -70,7 +71,7 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "peak_rss_mb": _nan(s.peak_rss_mb) if s else math.nan,
         "generations_cached": sum(r.cache_hit for r in rec.results),
     })
-    row.update(judge_columns([(r.category, r.judgment) for r in rec.results]))
+    row.update(judge_columns([(r.category, j) for r in rec.results for j in all_judgments(r) or [None]]))
     f = rec.fidelity
     row.update({
         "kld_mean": f.kld_mean if f else math.nan, "kld_se": f.kld_se if f else math.nan,

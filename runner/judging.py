@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from runner.judges.base import REFERENCE_MODES, Judge, JudgeItem
-from runner.records import PromptResult
+from runner.records import Judgment, PromptResult
 from runner.store import Store
 
 
@@ -32,6 +34,15 @@ def apply_judge(judge: Judge, store: Store, results: list[PromptResult], mode: s
                 baseline_answers: dict[tuple[str, int], str] | None) -> None:
     """Judge every result in place (`result.judgment`); per-item failures are recorded, not raised."""
     items = judge_items(results, mode, baseline_answers)
-    for r, item, j in zip(results, items, judge.judge_all(items, store)):
-        j.answer_truncated = item.truncated
-        r.judgment = j
+    repeats = [[dataclasses.replace(i, repeat=k) for i in items] for k in range(judge.repeats)]
+    verdicts = judge.judge_all([i for batch in repeats for i in batch], store)
+    for n, (r, item) in enumerate(zip(results, items)):
+        mine = verdicts[n::len(items)]
+        for j in mine:
+            j.answer_truncated = item.truncated
+        r.judgment, r.judge_repeats = mine[0], mine[1:]
+
+
+def all_judgments(result: PromptResult) -> list[Judgment]:
+    """Every verdict on one answer (one per judge repeat); empty when it was not judged."""
+    return [] if result.judgment is None else [result.judgment, *result.judge_repeats]

@@ -111,6 +111,7 @@ class PromptResult:
     thinking_tokens: int = 0
     cache_hit: bool = False
     judgment: Judgment | None = None
+    judge_repeats: list[Judgment] = field(default_factory=list)  # verdicts 2..K with judge.repeats=K
     agreement: dict[str, float] | None = None  # vs the FP16 answer (fidelity stage)
 
 

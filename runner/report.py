@@ -221,10 +221,10 @@ class Report:
         noise = judge_noise(self.ok_records)
         if noise is None:
             floor = ("Judge noise floor: not measured (no answer was judged twice independently; "
-                     "judge repeats are not run, to save cost).")
+                     "set judge.repeats=K to measure it).")
         else:
-            floor = (f"Judge noise floor: {noise.groups} identical answers from different builds were judged "
-                     f"independently ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
+            floor = (f"Judge noise floor: {noise.groups} answers were judged more than once, by judge repeats or "
+                     f"as identical answers from different builds ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
                      f"max {fmt(noise.max_abs_diff)}. Score differences of that size are the judge's own noise.")
         intro = "Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell."
         return Section("Quality (judge)", [intro, floor], self._table(self.ok, cols))

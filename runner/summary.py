@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from runner.judges.rubric import CRITERIA
+from runner.judging import all_judgments
 from runner.metrics.stats import bootstrap_ci, paired_delta
 from runner.records import CellRecord, PromptResult
 
@@ -32,9 +33,9 @@ NON_CONTEXT_KEYS = ("format", "precision")  # overrides that may differ between 
 
 
 def _score(criterion: str) -> Callable[[PromptResult], float]:
-    def get(r: PromptResult) -> float:
-        j = r.judgment
-        return float(j.scores[criterion]) if j is not None and j.scores is not None else math.nan
+    def get(r: PromptResult) -> float:  # mean over judge repeats
+        scores = [j.scores[criterion] for j in all_judgments(r) if j.scores is not None]
+        return float(np.mean(scores)) if scores else math.nan
     return get
 
 
@@ -165,7 +166,7 @@ def stat_columns(records: list[CellRecord], baseline: str | None, n_boot: int = 
 
 @dataclass
 class JudgeNoise:
-    """Spread of `overall` over identical answers (same prompt, repeat and text) judged independently."""
+    """Spread of `overall` over verdicts on identical answers (same prompt, repeat and text)."""
 
     groups: int  # answers judged more than once
     judgments: int
@@ -174,16 +175,16 @@ class JudgeNoise:
 
 
 def judge_noise(records: list[CellRecord]) -> JudgeNoise | None:
-    """The judge's own noise floor, free from the data: different builds often write the very same answer,
-    and each is judged separately (judgment cache keys include the generation; one key counts once).
-    None: no answer was judged twice.
+    """The judge's own noise floor: the spread of independent verdicts on the same answer text — judge
+    repeats (`judge.repeats`), and for free, identical answers written by different builds (judgment cache
+    keys include the generation; one key counts once). None: no answer was judged twice.
     """
     groups: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
     for rec in records:
         for r in rec.results:
-            j = r.judgment
-            if j is not None and j.scores is not None:
-                groups[(r.prompt_id, r.repeat, r.answer)][j.key or id(j)] = float(j.scores["overall"])
+            for j in all_judgments(r):
+                if j.scores is not None:
+                    groups[(r.prompt_id, r.repeat, r.answer)][j.key or id(j)] = float(j.scores["overall"])
     diffs, n_groups, n_judgments = [], 0, 0
     for scores in groups.values():
         v = list(scores.values())

@@ -81,3 +81,18 @@ def test_unreachable_judge_records_failures_and_completes(tmp_path):
     assert all(r.judgment.scores is None and r.judgment.error for r in rec.results)
     df = pd.read_csv(rec_path.parent / "matrix.csv")
     assert df.judged[0] == "0/7" and math.isnan(df.overall[0]) and math.isnan(df.judge_cost_usd[0])
+
+
+def test_judge_repeats_give_k_verdicts_and_a_noise_floor(tmp_path):
+    with FaultServerProcess(fault_rate=0.0, seed=0) as server:
+        args = [*FAST, "fidelity.enabled=false", *judge_args(server.base_url), "judge.reference=none",
+                "judge.repeats=3"]
+        proc = run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert server.stats()["requests"] == 3 * 7  # one request per (answer, repeat)
+    (rec_path,) = (tmp_path / "runs").glob("*/result.json")
+    rec = read_cell_record(rec_path)
+    assert all(r.judgment.scores and len(r.judge_repeats) == 2 for r in rec.results)
+    df = pd.read_csv(rec_path.parent / "matrix.csv")
+    assert df.judged[0] == "21/21"
+    assert "Judge noise floor: 7 answers were judged more than once" in (rec_path.parent / "report.md").read_text()

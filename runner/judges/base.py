@@ -25,11 +25,13 @@ class JudgeItem:
     truncated: bool  # the generation stopped at max_tokens
     reference: str | None
     generation_key: str
+    repeat: int = 0  # judge repeat index (judge.repeats): a separate, separately cached verdict
 
 
 class Judge(Protocol):
     name: str
     model: str
+    repeats: int  # verdicts per answer; > 1 measures the judge's own noise
 
     def check_ready(self) -> None:
         """Raise one clear ValueError for a configuration that cannot work, before any generation."""

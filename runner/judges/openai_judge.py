@@ -54,6 +54,7 @@ class JudgeSettings:
     backoff_max_s: float = 30.0
     price_per_1m_input: float | None = None
     price_per_1m_output: float | None = None
+    repeats: int = 1
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
@@ -80,7 +81,7 @@ def settings_from_cfg(cfg: dict[str, Any]) -> JudgeSettings:
     if s.rubric_version != rubric.RUBRIC_VERSION:
         raise ValueError(f"{where}: rubric_version {s.rubric_version!r} is unknown; this runner has "
                          f"{rubric.RUBRIC_VERSION!r}")
-    for key in ("concurrency", "max_completion_tokens"):
+    for key in ("concurrency", "max_completion_tokens", "repeats"):
         if getattr(s, key) < 1:
             raise ValueError(f"{where}: {key} must be >= 1, got {getattr(s, key)}")
     if s.max_retries < 0:
@@ -126,6 +127,7 @@ class OpenAIJudge:
         self.settings = settings
         self.name = settings.name
         self.model = settings.model or self._default_model()
+        self.repeats = settings.repeats
         self._server: LocalServer | None = None
         self._client: openai.OpenAI | None = None
         self._backoff = wait_exponential_jitter(multiplier=settings.backoff_base_s, max=settings.backoff_max_s,
@@ -208,6 +210,8 @@ class OpenAIJudge:
             "params": {"response_format": rubric.response_format(s.response_format), "temperature": s.temperature,
                        "reasoning_effort": s.reasoning_effort, "max_completion_tokens": s.max_completion_tokens},
         }
+        if item.repeat:  # repeat 0 keeps the key of a single verdict
+            payload["judge_repeat"] = item.repeat
         if s.server.start and s.server.model_path:  # the alias alone may not identify the weights
             payload["model_file_bytes"] = Path(s.server.model_path).stat().st_size
         return payload
