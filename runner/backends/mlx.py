@@ -6,7 +6,7 @@ import contextlib
 import gc
 import io
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class MLXSession:
 
     def stream(self, prompt_ids: list[int], sampler: SamplerParams) -> Iterator[int]:
         from mlx_lm.generate import generate_step
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from mlx_lm.sample_utils import make_logits_processors
 
         mx = self.mx
         mx.random.seed(sampler.seed)
@@ -55,9 +55,8 @@ class MLXSession:
         if sampler.repetition_penalty != 1.0:
             processors = make_logits_processors(repetition_penalty=sampler.repetition_penalty,
                                                 repetition_context_size=REPETITION_CONTEXT)
-        sample = make_sampler(temp=sampler.temperature, top_p=sampler.top_p, min_p=sampler.min_p, top_k=sampler.top_k)
         for token, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=sampler.max_tokens,
-                                      sampler=sample, logits_processors=processors):
+                                      sampler=sampling_chain(sampler), logits_processors=processors):
             yield token
 
     def logprobs(self, token_ids: list[int]) -> np.ndarray:
@@ -65,6 +64,28 @@ class MLXSession:
         logits = self.model(mx.array([token_ids]))[0].astype(mx.float32)
         mx.eval(logits)
         return log_softmax(np.array(logits, copy=False))
+
+
+def sampling_chain(s: SamplerParams) -> Callable[[Any], Any]:
+    """llama.cpp's filter order (top_k → top_p → min_p, then temperature), so both engines sample alike.
+
+    mlx_lm's `make_sampler` applies top_p before top_k, which keeps a different candidate set.
+    """
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, categorical_sampling, make_sampler
+
+    if s.temperature == 0:
+        return make_sampler(temp=0.0)  # greedy
+
+    def sample(logprobs: Any) -> Any:
+        if 0 < s.top_k < logprobs.shape[-1]:
+            logprobs = apply_top_k(logprobs, s.top_k)
+        if 0 < s.top_p < 1:
+            logprobs = apply_top_p(logprobs, s.top_p)
+        if s.min_p > 0:
+            logprobs = apply_min_p(logprobs, s.min_p)
+        return categorical_sampling(logprobs, s.temperature)
+
+    return sample
 
 
 class MLXBackend:
