@@ -227,7 +227,17 @@ class Report:
                      f"as identical answers from different builds ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
                      f"max {fmt(noise.max_abs_diff)}. Score differences of that size are the judge's own noise.")
         intro = "Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell."
-        return Section("Quality (judge)", [intro, floor], self._table(self.ok, cols))
+        return Section("Quality (judge)", [intro, floor, self._sweep_cost()], self._table(self.ok, cols))
+
+    def _sweep_cost(self) -> str:
+        """Total judge cost of the sweep; unknown (not 0) when any cell's price is missing."""
+        costs = self.ok["judge_cost_usd"] if "judge_cost_usd" in self.ok else pd.Series(dtype=float)
+        judged = self.ok["judge_model"].notna() if "judge_model" in self.ok else pd.Series(dtype=bool)
+        costs = costs[judged]
+        if costs.empty or costs.isna().any():
+            return "Judge cost of this sweep: unknown (a judge price is missing in conf/judge/*.yaml)."
+        return (f"Judge cost of this sweep: ${costs.sum():.4f} (cached judgments count at the cost they had "
+                "when first made).")
 
     def fidelity(self) -> Section:
         if not self.has_fidelity and self.ok.get("answer_similarity", pd.Series(dtype=float)).isna().all():

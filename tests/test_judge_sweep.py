@@ -96,3 +96,14 @@ def test_judge_repeats_give_k_verdicts_and_a_noise_floor(tmp_path):
     df = pd.read_csv(rec_path.parent / "matrix.csv")
     assert df.judged[0] == "21/21"
     assert "Judge noise floor: 7 answers were judged more than once" in (rec_path.parent / "report.md").read_text()
+
+
+def test_report_states_the_sweep_judge_cost(tmp_path):
+    with FaultServerProcess(fault_rate=0.0, seed=0) as server:
+        args = [*FAST, "fidelity.enabled=false", *judge_args(server.base_url), "judge.reference=none",
+                "judge.price_per_1m_input=1.0", "judge.price_per_1m_output=2.0"]
+        assert run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY}).returncode == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    cost = pd.read_csv(run_dir / "matrix.csv").judge_cost_usd[0]
+    assert cost > 0
+    assert f"Judge cost of this sweep: ${cost:.4f}" in (run_dir / "report.md").read_text()
