@@ -36,7 +36,7 @@ def bare_llama(path: str, ids: list[int], n: int, fmt: dict) -> float:
     threads, threads_batch = default_threads(fmt)
     with _model_params(False):
         llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads_batch, verbose=False)
-    t0 = t_first = time.perf_counter()
+    t_first = time.perf_counter()
     for i, _ in enumerate(llm.generate(ids, top_k=0, top_p=1.0, min_p=0.0, temp=0.0)):
         if i == 0:
             t_first = time.perf_counter()
@@ -55,9 +55,7 @@ def bare_mlx(path: str, ids: list[int], n: int) -> float:
 
     model, tokenizer = load(path)
     model.set_dtype(mx.float32)
-    last = None
-    for last in stream_generate(model, tokenizer, ids, max_tokens=n, sampler=make_sampler(temp=0.0)):
-        pass
+    *_, last = stream_generate(model, tokenizer, ids, max_tokens=n, sampler=make_sampler(temp=0.0))
     return last.generation_tps
 
 

@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner import collect
+from runner import callbacks
 from runner.cell import Cell
 from runner.pipeline import run_cell
 from runner.progress import Progress
@@ -30,4 +30,4 @@ def main(cfg: DictConfig) -> str:
 
 if __name__ == "__main__":
     main()
-    sys.exit(1 if collect.FAILED_CELLS else 0)
+    sys.exit(1 if callbacks.FAILED_CELLS else 0)

@@ -1,4 +1,4 @@
-"""Cell records → one pandas matrix (one row per cell). Also the Hydra callback that runs it at sweep end.
+"""Cell records → one pandas matrix (one row per cell), written beside them with the report.
 
 python -m runner.collect SWEEP_DIR   rebuilds matrix.csv / matrix.md (and the report) from records alone.
 """
@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from runner.judges.aggregate import judge_columns
 from runner.judging import all_judgments
@@ -24,8 +22,6 @@ from runner.report import write_report
 from runner.summary import stat_columns
 
 log = logging.getLogger(__name__)
-
-FAILED_CELLS: list[str] = []  # set by the callback; __main__ turns it into the exit status
 
 IDENTITY = ["model", "format", "precision", "generation", "prompts", "judge", "status", "reason"]
 
@@ -166,48 +162,6 @@ def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
     if not df.empty:
         write_report(df, records, sweep_dir, baseline=baseline, **report_options)
     return df
-
-
-class CollectCallback(Callback):
-    """Hydra callback: build the matrix when a sweep (or a single run) ends."""
-
-    def _finish(self, out_dir: Path) -> None:
-        df = collect(out_dir)
-        if df.empty:
-            return
-        counts = df["status"].value_counts().to_dict()
-        FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        log.info("matrix (%s): %s", summary, out_dir / "matrix.md")
-        print(f"Matrix ({summary}): {out_dir / 'matrix.md'}", file=sys.stderr)
-
-    @staticmethod
-    def _check_writable(out_dir: str) -> None:
-        """Fail before any work with one clear message (Hydra would raise deep inside job setup)."""
-        try:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            probe = Path(out_dir) / ".write-probe"
-            probe.touch()
-            probe.unlink()
-        except OSError as e:
-            print(f"error: output dir {out_dir} is not writable ({e.strerror}); set outputs_root=...", file=sys.stderr)
-            raise SystemExit(2) from None  # SystemExit passes through Hydra's callback guard
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)
-        self._check_writable(config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)
-        self._check_writable(config.hydra.sweep.dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)  # `${hydra:...}` in the dirs needs it at this point
-        self._finish(Path(config.hydra.sweep.dir))
-
-    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)
-        self._finish(Path(config.hydra.runtime.output_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,3 +116,10 @@ def test_unwritable_outputs_dir(tmp_path):
     proc = run_runner(NO_FID, blocker / "out")
     assert proc.returncode == 2
     assert "is not writable" in proc.stderr and str(blocker) in proc.stderr
+
+
+def test_secret_on_the_command_line_is_refused_before_anything_is_written(tmp_path):
+    proc = run_runner(["judge=openai", "judge.api_key=sk-live-abc123", *NO_FID], tmp_path)
+    assert proc.returncode == 2
+    assert "judge.api_key given on the command line" in proc.stderr
+    assert not any("sk-live-abc123" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())

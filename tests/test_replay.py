@@ -30,12 +30,19 @@ def judge_server():
         yield server
 
 
+@pytest.fixture(scope="module", autouse=True)
+def judge_key():
+    """The judge key comes from the environment, for the sweep and for every replay of it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_API_KEY", "sk-test")
+        yield
+
+
 @pytest.fixture(scope="module")
 def sweep(judge_server, tmp_path_factory) -> Path:
     """gguf × {fp16, q4_0} + mlx fp16 (+ the skipped mlx × q4_0), judged against the baseline's answers."""
     root = tmp_path_factory.mktemp("sweep")
-    judge = ["judge=openai", f"judge.base_url={judge_server.base_url}", "judge.api_key=sk-test",
-             "judge.reference=baseline"]
+    judge = ["judge=openai", f"judge.base_url={judge_server.base_url}", "judge.reference=baseline"]
     proc = run_runner(["-m", "format=gguf,mlx", "precision=fp16,q4_0", *judge, *SMALL], root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = sweep_dirs(root)

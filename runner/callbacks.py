@@ -1,0 +1,75 @@
+"""The Hydra callback: pre-flight checks before a run or sweep, the matrix and report after it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.collect import collect
+
+log = logging.getLogger(__name__)
+
+FAILED_CELLS: list[str] = []  # filled at the end of a run; __main__ turns it into the exit status
+SECRET_KEY = re.compile(r"(^|\.)(api_key|token|secret|password)$", re.IGNORECASE)
+
+
+def _stop(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)  # SystemExit passes through Hydra's callback guard (it swallows Exceptions)
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail before any work with one clear message (Hydra would raise deep inside job setup)."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(out_dir) / ".write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        _stop(f"output dir {out_dir} is not writable ({e.strerror}); set outputs_root=...")
+
+
+def check_no_secret_overrides(config: DictConfig) -> None:
+    """Command-line overrides are saved in overrides.yaml / multirun.yaml: refuse secrets there."""
+    for item in config.hydra.overrides.task:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if SECRET_KEY.search(key) and value and not value.startswith("${"):
+            _stop(f"{key} given on the command line would be saved in the outputs; pass secrets through the "
+                  f"environment (e.g. OPENAI_API_KEY, read by ${{oc.env:...}} in conf/judge/*.yaml)")
+
+
+class RunnerCallback(Callback):
+    def _start(self, config: DictConfig, out_dir_key: str) -> None:
+        HydraConfig.instance().set_config(config)  # `${hydra:...}` in the dirs needs it at this point
+        check_no_secret_overrides(config)
+        check_writable(config.hydra[out_dir_key].dir)
+
+    def _finish(self, out_dir: Path) -> None:
+        df = collect(out_dir)
+        if df.empty:
+            return
+        FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")
+        summary = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().to_dict().items())
+        log.info("matrix (%s): %s", summary, out_dir / "matrix.md")
+        print(f"Matrix ({summary}): {out_dir / 'matrix.md'}", file=sys.stderr)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start(config, "sweep")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        self._finish(Path(config.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        self._finish(Path(config.hydra.sweep.dir))
