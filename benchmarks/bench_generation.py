@@ -14,18 +14,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from omegaconf import OmegaConf
 
 from runner.backends import base, get_backend
-from runner.cell import CONF_DIR
+from runner.cell import load_option as group
 from runner.contract import ChatRenderer
 from runner.model_source import resolve_model
 from runner.records import SamplerParams
 from runner.store import Store
-
-
-def group(name: str, option: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / name / f"{option}.yaml"), resolve=True)
 
 
 def bare_llama(path: str, ids: list[int], n: int, fmt: dict) -> float:

@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.collect import collect
+from runner.store import ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,7 @@ def _stop(message: str) -> None:
 def check_writable(out_dir: str) -> None:
     """Fail before any work with one clear message (Hydra would raise deep inside job setup)."""
     try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(out_dir) / ".write-probe"
-        probe.touch()
-        probe.unlink()
+        ensure_writable(Path(out_dir))
     except OSError as e:
         _stop(f"output dir {out_dir} is not writable ({e.strerror}); set outputs_root=...")
 

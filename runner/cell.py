@@ -16,6 +16,15 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
 
 
+def load_option(group: str, option: str) -> dict[str, Any]:
+    """A config group option as a plain dict (`conf/GROUP/OPTION.yaml`); one clear error when it is missing."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ValueError(f"{group}={option}: no config {path} (options: {options})")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
 @dataclass
 class Cell:
     identity: CellIdentity
@@ -60,14 +69,11 @@ class Cell:
         fmt, _, precision = reference.partition("_")
         if not precision:
             raise ValueError(f"baseline={reference!r}: expected FORMAT_PRECISION, e.g. gguf_fp16")
-        def group(name: str, option: str, own: dict[str, Any]) -> dict[str, Any]:
-            if own.get("name") == option:
-                return own
-            path = CONF_DIR / name / f"{option}.yaml"
-            if not path.is_file():
-                raise ValueError(f"baseline={reference!r}: no config {path}")
-            return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        fmt_cfg, prec_cfg = group("format", fmt, self.format), group("precision", precision, self.precision)
+        try:
+            fmt_cfg = self.format if self.format.get("name") == fmt else load_option("format", fmt)
+            prec_cfg = self.precision if self.precision.get("name") == precision else load_option("precision", precision)
+        except ValueError as e:
+            raise ValueError(f"baseline={reference!r}: {e}") from None
         if fmt not in (prec_cfg.get("formats") or []):
             raise ValueError(f"baseline={reference!r}: precision {precision!r} does not apply to format {fmt!r}")
         return fmt_cfg, prec_cfg

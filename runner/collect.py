@@ -23,9 +23,6 @@ from runner.summary import stat_columns
 
 log = logging.getLogger(__name__)
 
-IDENTITY = ["model", "format", "precision", "generation", "prompts", "judge", "status", "reason"]
-
-
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
     """Job dirs of a sweep (numbered subdirs with .hydra/), or the dir itself for a single run."""
     sweep_dir = Path(sweep_dir)

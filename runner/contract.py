@@ -19,6 +19,11 @@ from runner.records import GenerationContract, SamplerParams
 THINK_RE = re.compile(r"<think>.*?(</think>|$)\s*", re.DOTALL)
 
 
+def token_ids_sha(ids: list[int]) -> str:
+    """sha256 of a token-id sequence (cache keys and records compare token ids through it)."""
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+
+
 @dataclass
 class RenderedPrompt:
     text: str
@@ -26,7 +31,7 @@ class RenderedPrompt:
 
     @property
     def ids_sha(self) -> str:
-        return hashlib.sha256(",".join(map(str, self.token_ids)).encode()).hexdigest()
+        return token_ids_sha(self.token_ids)
 
 
 @lru_cache(maxsize=4)

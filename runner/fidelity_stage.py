@@ -6,14 +6,13 @@ kept in the artifact store; every cell then streams its own log-probs chunk by c
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from runner.backends.base import Session
-from runner.contract import ChatRenderer
+from runner.contract import ChatRenderer, token_ids_sha
 from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
 from runner.records import ArtifactInfo, FidelityResult
@@ -38,7 +37,7 @@ def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[l
         raise ValueError(f"fidelity.text {path} has {len(ids)} tokens (of fidelity.tokens={n}), "
                          f"shorter than one chunk (fidelity.chunk_len={chunk_len})")
     chunks = [ids[i:i + chunk_len] for i in range(0, len(ids) - chunk_len + 1, chunk_len)]
-    sha = hashlib.sha256(",".join(map(str, [t for c in chunks for t in c])).encode()).hexdigest()
+    sha = token_ids_sha([t for c in chunks for t in c])
     return chunks, sha
 
 

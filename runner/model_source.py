@@ -13,15 +13,20 @@ from runner.store import Store, hash_payload, sha256_file
 HF_FILES = ("config.json",)
 
 
+def safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, header) of a safetensors file: 8-byte little-endian length, then JSON."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > path.stat().st_size - 8:
+            raise ValueError("header length exceeds file size")
+        return header_len, json.loads(f.read(header_len))
+
+
 def check_safetensors(path: Path) -> int:
     """Validate a safetensors file's header against its size; return its parameter count."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError("header length exceeds file size")
-            header = json.loads(f.read(header_len))
+        header_len, header = safetensors_header(path)
     except (struct.error, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors file ({e})") from e
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)

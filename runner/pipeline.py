@@ -28,7 +28,7 @@ from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
 from runner.progress import Progress
 from runner.prompts import Prompt, load_prompts
-from runner.records import CellRecord, FidelityResult, PromptResult, from_dict, to_json, write_json_atomic
+from runner.records import CellRecord, FidelityResult, PromptResult, from_dict, to_json, write_text_atomic
 from runner.speed import speed_stats
 from runner.store import Store
 
@@ -41,15 +41,12 @@ def _now() -> str:
 
 def write_record(record: CellRecord, job_dir: Path) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
-    with open(job_dir / "generations.jsonl.tmp", "w") as f:
-        for r in record.results:
-            f.write(json.dumps({"prompt_id": r.prompt_id, "category": r.category, "repeat": r.repeat,
-                                "answer": r.answer, "text": r.generation.text,
-                                "finish_reason": r.generation.finish_reason,
-                                "completion_tokens": r.generation.completion_tokens,
-                                "generation_key": r.generation_key}) + "\n")
-    (job_dir / "generations.jsonl.tmp").replace(job_dir / "generations.jsonl")
-    write_json_atomic(job_dir / "result.json", to_json(record))
+    lines = [json.dumps({"prompt_id": r.prompt_id, "category": r.category, "repeat": r.repeat, "answer": r.answer,
+                         "text": r.generation.text, "finish_reason": r.generation.finish_reason,
+                         "completion_tokens": r.generation.completion_tokens, "generation_key": r.generation_key})
+             for r in record.results]
+    write_text_atomic(job_dir / "generations.jsonl", "".join(line + "\n" for line in lines))
+    write_text_atomic(job_dir / "result.json", to_json(record))
 
 
 class CellRun:

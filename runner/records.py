@@ -245,7 +245,7 @@ def read_cell_record(path: Path) -> CellRecord:
         raise ValueError(f"{path}: malformed cell record ({e})") from e
 
 
-def write_json_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -31,17 +31,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from runner.collect import collect
+from runner.cell import load_option
+from runner.collect import collect, find_job_dirs
 from runner.judges.base import make_judge
 from runner.judging import apply_judge
 from runner.metrics.stats import paired_delta
-from runner.records import CellRecord, read_cell_record, to_json, write_json_atomic
+from runner.records import CellRecord, read_cell_record, to_json, write_text_atomic
 from runner.report import MAX_KLD, MIN_TOP1, fmt
 from runner.store import Store
 from runner.summary import DELTAS, find_baseline
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
 
 class SweepError(ValueError):
     """A sweep dir replay cannot use; the message names what is missing."""
@@ -106,7 +104,7 @@ def load_sweep(path: Path, need_configs: bool = True) -> Sweep:
         raise SweepError(f"{path}: no such directory")
     if not (path / "multirun.yaml").is_file():
         raise SweepError(f"{path}: not a sweep dir (no multirun.yaml); give the dir `python -m runner -m ...` wrote")
-    nums = sorted(int(d.name) for d in path.iterdir() if d.is_dir() and d.name.isdigit())
+    nums = [int(d.name) for d in find_job_dirs(path)]
     expected = expected_jobs(path / "multirun.yaml")
     problems = []
     if expected is not None and (missing := sorted(set(range(expected)) - set(nums))):
@@ -258,11 +256,7 @@ def judge_section(old: DictConfig, overrides: list[str]) -> DictConfig:
     for item in overrides:
         key, sep, value = item.partition("=")
         if key == "judge" and sep:
-            path = CONF_DIR / "judge" / f"{value}.yaml"
-            if not path.is_file():
-                options = sorted(p.stem for p in path.parent.glob("*.yaml"))
-                raise ValueError(f"judge={value}: no config {path} (options: {', '.join(options)})")
-            base = OmegaConf.load(path)
+            base = OmegaConf.create(load_option("judge", value))
         elif key.startswith("judge.") and sep:
             dotlist.append(item)
         else:
@@ -339,7 +333,7 @@ def _write_job(job: Job, cfg: DictConfig, overrides: list[str], out: Path, judge
         rec.timings["judge"] = round(time.perf_counter() - t0, 4)
     if (job.dir / "generations.jsonl").exists():  # generations are unchanged
         shutil.copy2(job.dir / "generations.jsonl", new_dir / "generations.jsonl")
-    write_json_atomic(new_dir / "result.json", to_json(rec))
+    write_text_atomic(new_dir / "result.json", to_json(rec))
 
 
 # ------------------------------------------------------------------ CLI

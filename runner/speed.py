@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from runner.records import PromptResult, SpeedStats
+from runner.records import Generation, PromptResult, SpeedStats
+
+
+def decode_tokens_and_seconds(g: Generation) -> tuple[int, float]:
+    """Tokens after the first and the time they took (TTFT covers the first): what gen tok/s divides."""
+    tokens = max(g.completion_tokens - 1, 0)
+    return tokens, tokens / g.gen_tps if g.gen_tps > 0 else 0.0
 
 
 def speed_stats(results: list[PromptResult]) -> SpeedStats | None:
@@ -12,8 +18,8 @@ def speed_stats(results: list[PromptResult]) -> SpeedStats | None:
         return None
     n = len(gens)
     prompt_s = sum(g.ttft_s for g in gens)
-    decode_tokens = sum(max(g.completion_tokens - 1, 0) for g in gens)
-    decode_s = sum(max(g.completion_tokens - 1, 0) / g.gen_tps for g in gens if g.gen_tps > 0)
+    decode = [decode_tokens_and_seconds(g) for g in gens]
+    decode_tokens, decode_s = sum(t for t, _ in decode), sum(s for _, s in decode)
     peaks = [g.peak_memory_mb for g in gens if g.peak_memory_mb is not None]
     return SpeedStats(
         n=n,

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from runner.records import write_text_atomic
+
 
 def hash_payload(payload: Any) -> str:
     """Stable sha256 of a JSON-serialisable payload."""
@@ -36,6 +38,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def ensure_writable(path: Path) -> None:
+    """Create `path` if needed and prove it writable; raises OSError otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".probe-{uuid.uuid4().hex}"
+    probe.touch()
+    probe.unlink()
+
+
 @dataclass
 class Entry:
     key: str
@@ -48,10 +58,7 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".probe-{uuid.uuid4().hex}"
-            probe.touch()
-            probe.unlink()
+            ensure_writable(self.root)
         except OSError as e:
             raise PermissionError(f"artifact store '{self.root}' is not writable ({e}); set store_dir") from e
 
@@ -116,9 +123,7 @@ class Store:
         with FileLock(str(memo_path) + ".lock"):
             memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
             memo[ident] = digest
-            tmp = memo_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
-            tmp.replace(memo_path)
+            write_text_atomic(memo_path, json.dumps(memo, indent=0, sort_keys=True))
         return digest
 
     def builds(self, kind: str | None = None) -> list[dict[str, Any]]:

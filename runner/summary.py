@@ -26,6 +26,7 @@ from runner.judges.rubric import CRITERIA
 from runner.judging import all_judgments
 from runner.metrics.stats import bootstrap_ci, paired_delta
 from runner.records import CellRecord, PromptResult
+from runner.speed import decode_tokens_and_seconds
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -59,15 +60,9 @@ MEANS: dict[str, Callable[[PromptResult], float]] = {
 }
 
 
-def _decode(r: PromptResult) -> tuple[float, float]:
-    g = r.generation
-    tokens = max(g.completion_tokens - 1, 0)
-    return tokens, tokens / g.gen_tps if g.gen_tps > 0 else 0.0
-
-
 # (numerator, denominator) per answer whose ratio of sums is the matrix column (as in runner/speed.py).
 RATIOS: dict[str, Callable[[PromptResult], tuple[float, float]]] = {
-    "gen_tps": _decode,
+    "gen_tps": lambda r: decode_tokens_and_seconds(r.generation),
     "prompt_tps": lambda r: (r.generation.prompt_tokens, r.generation.ttft_s),
 }
 

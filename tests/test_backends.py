@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from runner.backends import base, get_backend
-from runner.cell import CONF_DIR
+from runner.cell import load_option as group
 from runner.contract import ChatRenderer
 from runner.model_source import resolve_model
 from runner.prompts import load_prompts
@@ -15,10 +14,6 @@ from runner.records import SamplerParams
 from runner.store import Store
 
 GREEDY = SamplerParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=32, seed=0)
-
-
-def group(name: str, option: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / name / f"{option}.yaml"), resolve=True)
 
 
 @pytest.fixture(scope="module")

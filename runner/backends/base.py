@@ -6,8 +6,6 @@ stopping, the token cap and timing live here, so every format is measured and st
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -15,6 +13,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from runner.memory import peak_rss_mb
+from runner.model_source import safetensors_header
 from runner.records import ArtifactInfo, Generation, ModelSourceInfo, SamplerParams
 from runner.store import Store
 
@@ -85,10 +84,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def safetensors_data_bytes(path: Path) -> int:
     """Tensor bytes of a safetensors file (size minus header)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        json.loads(f.read(n))
-    return path.stat().st_size - 8 - n
+    header_len, _ = safetensors_header(path)
+    return path.stat().st_size - 8 - header_len
 
 
 def artifact_info(entry: Any, path: Path, source: ModelSourceInfo) -> ArtifactInfo:

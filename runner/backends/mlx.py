@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from runner.backends.base import artifact_info, log_softmax, safetensors_data_bytes
+from runner.model_source import safetensors_header
 from runner.records import ArtifactInfo, ModelSourceInfo, SamplerParams
 from runner.store import Store
 
@@ -122,16 +123,11 @@ class MLXBackend:
 
 def _quantization_warnings(model_dir: Path, bits: int | None) -> list[str]:
     """mlx_lm silently skips layers whose input dim is not divisible by the group size: report them."""
-    import json
-    import struct
-
     if not bits:
         return []
     dense = []
     for path in sorted(model_dir.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+        _, header = safetensors_header(path)
         dense += [k for k, t in header.items()
                   if k.endswith(".weight") and len(t.get("shape", [])) == 2 and t["dtype"] in ("F16", "BF16", "F32")]
     return [f"mlx left {len(dense)} matrices unquantized: {', '.join(dense[:5])}"] if dense else []
