@@ -324,7 +324,7 @@ def _write_job(job: Job, cfg: DictConfig, overrides: list[str], out: Path, judge
     rec.cell.judge, rec.cell.overrides = str(cfg.judge.name), new_overrides
     rec.timings.pop("judge", None)
     for r in rec.results:
-        r.judgment = None
+        r.judgment, r.judge_repeats = None, []
     if judge is not None and rec.results:
         store_dir = job.store_dir(cfg)
         store = Store(store_dir if store_dir.is_dir() else sweep_dir / "rejudge-store")

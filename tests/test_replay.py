@@ -115,6 +115,15 @@ def test_rejudge_with_another_rubric_setting(sweep):
     assert "judge.base_url" in overrides
 
 
+def test_rejudge_drops_every_old_verdict_including_judge_repeats(sweep, tmp_path):
+    repeated, none = tmp_path / "repeated", tmp_path / "none"
+    assert main(["rejudge", str(sweep), "judge.repeats=2", "--out", str(repeated)]) == 0
+    assert all(len(r.judge_repeats) == 1 for r in read_cell_record(repeated / "0" / "result.json").results)
+    assert main(["rejudge", str(repeated), "judge=none", "--out", str(none)]) == 0
+    rec = read_cell_record(none / "0" / "result.json")
+    assert all(r.judgment is None and r.judge_repeats == [] for r in rec.results)
+
+
 def test_rejudge_against_the_baseline_needs_the_baseline_cell(sweep, tmp_path, capsys):
     copy = shutil.copytree(sweep, tmp_path / "no-baseline", ignore=shutil.ignore_patterns("rejudge-*"))
     result = copy / "0" / "result.json"
