@@ -67,17 +67,17 @@ class ChatRenderer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def stop_token_ids(self, model_dir: Path) -> list[int]:
+    def stop_token_ids(self) -> list[int]:
         """EOS ids from the tokenizer and generation_config.json: the one stop rule for every engine."""
         import json
 
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        gen_cfg = Path(model_dir) / "generation_config.json"
+        gen_cfg = Path(self.path) / "generation_config.json"
         if gen_cfg.is_file():
             eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
             ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if not ids:
-            raise ValueError(f"{model_dir}: no eos_token_id in tokenizer or generation_config.json")
+            raise ValueError(f"{self.path}: no eos_token_id in tokenizer or generation_config.json")
         return sorted(ids)
 
     def contract(self, sampler: SamplerParams, stop_ids: list[int], strip_thinking: bool) -> GenerationContract:

@@ -98,7 +98,7 @@ class CellRun:
         with self.timed("resolve_model"):
             source_dir, rec.source = resolve_model(cell.model, store)
         renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)))
-        stop_ids = renderer.stop_token_ids(source_dir)
+        stop_ids = renderer.stop_token_ids()
         strip = bool(cell.generation.get("strip_thinking", True))
         rec.contract = renderer.contract(cell.sampler(), stop_ids, strip)
         rendered = {p.id: renderer.render(p.prompt) for p in prompts}

@@ -22,7 +22,7 @@ def env(tmp_path_factory):
     model_dir, source = resolve_model(group("model", "tiny"), store)
     renderer = ChatRenderer(model_dir, enable_thinking=False)
     prompts = load_prompts(group("prompts", "seed"))
-    return store, model_dir, source, renderer, renderer.stop_token_ids(model_dir), prompts
+    return store, model_dir, source, renderer, renderer.stop_token_ids(), prompts
 
 
 @pytest.mark.parametrize("fmt,precisions", [("mlx", ["fp16", "8bit", "4bit"]), ("gguf", ["fp16", "q8_0", "q4_k_m"])])
