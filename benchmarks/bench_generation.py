@@ -26,10 +26,10 @@ from runner.store import Store
 def bare_llama(path: str, ids: list[int], n: int, fmt: dict) -> float:
     from llama_cpp import Llama
 
-    from runner.backends.gguf import _model_params, default_threads
+    from runner.backends.gguf import model_params, default_threads
 
     threads, threads_batch = default_threads(fmt)
-    with _model_params(False):
+    with model_params(False):
         llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads_batch, verbose=False)
     t_first = time.perf_counter()
     for i, _ in enumerate(llm.generate(ids, top_k=0, top_p=1.0, min_p=0.0, temp=0.0)):

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,9 +34,53 @@ def tool_versions() -> dict[str, str]:
 
 
 def default_threads(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(generation, prompt) threads; `null`/`auto`: 1 on <= 2 cores, else half the cores (all for prompts)."""
     cores = os.cpu_count() or 1
-    n = cfg.get("n_threads") or (1 if cores <= 2 else cores // 2)
-    return int(n), int(cfg.get("n_threads_batch") or cores)
+    n, nb = cfg.get("n_threads"), cfg.get("n_threads_batch")
+    n = (1 if cores <= 2 else cores // 2) if n in (None, "auto") else n
+    return int(n), int(cores if nb in (None, "auto") else nb)
+
+
+def gpu_backend() -> str | None:
+    """The GPU backend this llama.cpp build offloads to (metal, cuda, ...), or None for a CPU-only build."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return None
+    info = llama_cpp.llama_print_system_info().decode(errors="replace").upper()
+    for name in ("METAL", "CUDA", "HIP", "VULKAN", "SYCL"):
+        if name in info:
+            return name.lower()
+    return "metal" if sys.platform == "darwin" else "gpu"
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """Resolved llama.cpp load settings, shared by the GGUF backend and the local judge server."""
+
+    n_threads: int
+    n_threads_batch: int
+    n_gpu_layers: int  # -1: all layers
+    extra_bufts: bool
+    device: str  # cpu | metal | cuda | ...
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "LlamaSettings":
+        """`n_gpu_layers: auto` offloads every layer when llama.cpp was built with GPU support, else none."""
+        n_threads, n_threads_batch = default_threads(cfg)
+        gpu = gpu_backend()
+        layers = cfg.get("n_gpu_layers", "auto")
+        if layers in (None, "auto"):
+            layers = -1 if gpu else 0
+        try:
+            layers = int(layers)
+        except (TypeError, ValueError):
+            raise ValueError(f"format.n_gpu_layers must be an integer or auto, got {layers!r}") from None
+        device = gpu if gpu and layers != 0 else "cpu"
+        return cls(n_threads, n_threads_batch, layers, bool(cfg.get("extra_bufts", False)), device)
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        return {"n_threads": self.n_threads, "n_threads_batch": self.n_threads_batch, "n_gpu_layers": self.n_gpu_layers}
 
 
 def gguf_tensor_bytes(path: Path) -> int:
@@ -92,7 +137,7 @@ class _LogCapture:
 
 
 @contextlib.contextmanager
-def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+def model_params(use_extra_bufts: bool) -> Iterator[None]:
     """`Llama()` exposes no `use_extra_bufts`; swap the defaults it reads while it loads.
 
     Extra buffer types (weight repacking, AMX) segfaulted in `llama_decode` for every quantized type on
@@ -119,15 +164,13 @@ class GGUFSession:
         from llama_cpp import Llama
 
         self.path = path
-        self.n_threads, self.n_threads_batch = default_threads(cfg)
+        self.settings = LlamaSettings.from_config(cfg)
         self.n_ctx = int(cfg.get("n_ctx", 4096))
         self.n_batch = int(cfg.get("n_batch", 512))
-        self.n_gpu_layers = int(cfg.get("n_gpu_layers", 0))
-        self.extra_bufts = bool(cfg.get("extra_bufts", False))
         try:
-            with _model_params(self.extra_bufts):
-                self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads,
-                                 n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers, verbose=False)
+            with model_params(self.settings.extra_bufts):
+                self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_batch=self.n_batch,
+                                 **self.settings.llama_kwargs(), verbose=False)
         except ValueError as e:
             raise ValueError(f"{path}: llama.cpp could not load the model ({e})") from e
         self._scorer = None
@@ -160,11 +203,10 @@ class GGUFSession:
         if self._scorer is None or self._scorer.n_ctx() < len(token_ids):
             if self._scorer is not None:
                 self._scorer.close()
-            with _model_params(self.extra_bufts):
+            with model_params(self.settings.extra_bufts):
                 self._scorer = Llama(model_path=str(self.path), n_ctx=len(token_ids),
                                      n_batch=min(len(token_ids), self.n_batch), n_ubatch=min(len(token_ids), self.n_batch),
-                                     n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
-                                     n_gpu_layers=self.n_gpu_layers, logits_all=True, verbose=False)
+                                     **self.settings.llama_kwargs(), logits_all=True, verbose=False)
         self._scorer.reset()
         self._scorer.eval(token_ids)
         return log_softmax(np.asarray(self._scorer.scores[: len(token_ids)]))
@@ -174,9 +216,9 @@ class GGUFBackend:
     name = "gguf"
 
     def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
-        n_threads, n_threads_batch = default_threads(format_cfg)
-        return {"n_threads": n_threads, "n_threads_batch": n_threads_batch, "n_batch": format_cfg.get("n_batch"),
-                "n_gpu_layers": format_cfg.get("n_gpu_layers", 0), "extra_bufts": format_cfg.get("extra_bufts", False)}
+        s = LlamaSettings.from_config(format_cfg)
+        return {"n_threads": s.n_threads, "n_threads_batch": s.n_threads_batch, "n_batch": format_cfg.get("n_batch"),
+                "n_gpu_layers": s.n_gpu_layers, "extra_bufts": s.extra_bufts, "device": s.device}
 
     def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store, versions: dict[str, str]):
         """The HF → GGUF conversion, once per model (every GGUF precision starts from it)."""
