@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -266,8 +267,9 @@ def answers(url: str) -> bool:
 
 def test_local_llama_server_plumbing(llama_server_module, tiny_gguf, tmp_path):
     cfg = judge_cfg("local", max_completion_tokens=48, timeout_s=60, max_retries=1,
-                    server={"start": True, "model_path": str(tiny_gguf), "port": None,
-                            "extra_args": ["--n_ctx", "2048", "--n_threads", "1"], "startup_timeout_s": 60})
+                    server={"start": True, "model_path": str(tiny_gguf), "n_ctx": 2048, "n_threads": 1,
+                            "log_dir": str(tmp_path / "logs"), "extra_args": ["--n_batch", "256"],
+                            "startup_timeout_s": 60})
     judge = make_judge(cfg)
     judge.check_ready()
     with judge:
@@ -275,6 +277,9 @@ def test_local_llama_server_plumbing(llama_server_module, tiny_gguf, tmp_path):
         assert answers(url)
         out = judge.judge_all(items(2, tag="l"), Store(tmp_path))
     assert not answers(url)  # stopped on exit
+    (server_log,) = (tmp_path / "logs").iterdir()  # kept after exit, with the settings it was given
+    text = server_log.read_text()
+    assert "n_ctx=2048 n_threads=1 " in text and re.search(r"n_batch\s+= 256", text)  # typed keys and extra_args
     for j in out:  # the tiny model's opinions are random: valid or recorded failed, never anything else
         assert_honest(j)
         assert j.input_tokens > 0, j.error  # the server answered through the openai client

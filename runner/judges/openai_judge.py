@@ -3,7 +3,8 @@
 Per item: build the rubric messages, call with retries on transient errors (429 honouring Retry-After,
 5xx, timeouts, connection errors; exponential backoff with jitter), validate the reply, re-ask once on an
 unusable one, and record the outcome. Successful judgments are cached in the store; failures are not, so
-the next run retries them.
+the next run retries them. A judge server started here that dies ends judging at once: no retries against
+it, and every judgment left is recorded as failed with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from runner.judges import rubric
 from runner.judges.base import REFERENCE_MODES, JudgeItem
-from runner.judges.local_server import LocalServer, ServerSettings
+from runner.judges.local_server import EXITED, LocalServer, ServerExited, ServerSettings, gguf_has_chat_template
 from runner.records import Judgment, from_dict, to_dict
 from runner.store import Store, hash_payload
 
@@ -158,6 +159,15 @@ class OpenAIJudge:
                                  f"(conf/judge/{s.name}.yaml: server.model_path)")
             if not Path(s.server.model_path).is_file():
                 raise ValueError(f"judge={s.name}: server.model_path {s.server.model_path!r} is not a file")
+            for key in ("n_threads", "n_threads_batch", "n_gpu_layers"):
+                value = getattr(s.server, key)
+                if value not in (None, "auto") and type(value) is not int:
+                    raise ValueError(f"judge={s.name}: server.{key} must be an integer or auto, got {value!r}")
+            if not s.server.chat_format and not gguf_has_chat_template(s.server.model_path):
+                raise ValueError(f"judge={s.name}: the judge model {s.server.model_path} has no chat template "
+                                 f"(GGUF metadata tokenizer.chat_template), so the server cannot build chat "
+                                 f"prompts; set judge.server.chat_format (e.g. chatml) to the format it was "
+                                 f"trained with")
             try:
                 import llama_cpp.server  # noqa: F401
             except ImportError as e:
@@ -197,12 +207,23 @@ class OpenAIJudge:
 
     # ------------------------------------------------------------------ cache key and request
 
-    def cache_payload(self, item: JudgeItem, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def judge_identity(self, store: Store) -> dict[str, Any]:
+        """Which judge answers: its name and model, the endpoint, and for a server started here the weights'
+        content digest and the server settings that can change a reply (a port or path is no identity)."""
+        s = self.settings
+        if not s.server.start:
+            return {"name": s.name, "model": self.model, "base_url": s.base_url}
+        server = s.server
+        return {"name": s.name, "model": self.model, "weights_sha256": store.file_digest(Path(server.model_path)),
+                "server": {"n_ctx": server.n_ctx, "chat_format": server.chat_format,
+                           "extra_args": [str(a) for a in server.extra_args]}}
+
+    def cache_payload(self, item: JudgeItem, messages: list[dict[str, str]], identity: dict[str, Any]) -> dict[str, Any]:
         """Everything that determines the verdict; never paths, timestamps or the key."""
         s = self.settings
         payload: dict[str, Any] = {
             "generation_key": item.generation_key,
-            "judge_model": self.model,
+            "judge": identity,
             "rubric_version": rubric.RUBRIC_VERSION,
             "rubric_sha": rubric.RUBRIC_SHA,
             "reference_sha": rubric.text_sha(item.reference),
@@ -212,8 +233,6 @@ class OpenAIJudge:
         }
         if item.repeat:  # repeat 0 keeps the key of a single verdict
             payload["judge_repeat"] = item.repeat
-        if s.server.start and s.server.model_path:  # the alias alone may not identify the weights
-            payload["model_file_bytes"] = Path(s.server.model_path).stat().st_size
         return payload
 
     def request_params(self) -> dict[str, Any]:
@@ -236,13 +255,27 @@ class OpenAIJudge:
         retry_after = _retry_after_s(exc)
         return retry_after if retry_after is not None else self._backoff(state)
 
+    def _check_server(self, wait_s: float = 0.0) -> None:
+        """Raise ServerExited when the server started here is gone (a server elsewhere is not watched)."""
+        if self._server is not None:
+            self._server.check_alive(wait_s)
+
     def _complete(self, messages: list[dict[str, str]], tally: _Tally) -> Any:
-        """One chat completion, retried on transient errors; every HTTP attempt is tallied."""
+        """One chat completion, retried on transient errors; every HTTP attempt is tallied.
+
+        ServerExited (not transient) ends the retries when the server started here is gone.
+        """
         client, params = self.client(), self.request_params()
 
         def attempt() -> Any:
+            self._check_server()
             tally.attempts += 1
-            completion = client.chat.completions.create(messages=messages, **params)
+            try:
+                completion = client.chat.completions.create(messages=messages, **params)
+            except openai.APIConnectionError as e:
+                # A killed server drops its connections a moment before its process can be reaped.
+                self._check_server(wait_s=0.0 if isinstance(e, openai.APITimeoutError) else 1.0)
+                raise
             if completion.usage is not None:
                 tally.input_tokens += completion.usage.prompt_tokens or 0
                 tally.output_tokens += completion.usage.completion_tokens or 0
@@ -283,6 +316,8 @@ class OpenAIJudge:
         for _ in range(2):
             try:
                 completion = self._complete(messages, tally)
+            except ServerExited as e:
+                return self._record(tally, key, error=e.reason)
             except Exception as e:  # transport or API error after retries: a failure record, not a raise
                 return self._record(tally, key, error=f"{type(e).__name__}: {e}")
             if not completion.choices:
@@ -307,9 +342,10 @@ class OpenAIJudge:
         results: list[Judgment | None] = [None] * len(items)
         # cache key → (messages, payload, indexes of the items that share it)
         todo: dict[str, tuple[list[dict[str, str]], dict[str, Any], list[int]]] = {}
+        identity = self.judge_identity(store)
         for i, item in enumerate(items):
             messages = rubric.build_messages(item)
-            payload = self.cache_payload(item, messages)
+            payload = self.cache_payload(item, messages, identity)
             key = hash_payload(payload)
             if key in todo:  # an identical item in this batch: judge it once
                 todo[key][2].append(i)
@@ -328,7 +364,7 @@ class OpenAIJudge:
                     _, payload, indexes = todo[futures[future]]
                     if judgment.scores is not None:  # failures stay uncached so the next run retries them
                         store.put_json("judgment", payload, to_dict(judgment))
-                    else:
+                    elif not (judgment.error or "").startswith(EXITED):  # that one was logged once, by the server
                         log.warning("judgment failed after %d attempts: %s", judgment.attempts, judgment.error)
                     for i in indexes:
                         results[i] = dataclasses.replace(judgment)
