@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,14 +16,25 @@ from runner.pipeline import run_cell
 from runner.progress import Progress
 
 
+def launcher_parallelism(launcher: DictConfig | None) -> int:
+    """How many cells the launcher runs at once: joblib's n_jobs, submitit's array_parallelism, else 1."""
+    for key in ("n_jobs", "array_parallelism"):
+        value = (launcher or {}).get(key)
+        if value:
+            return (os.cpu_count() or 1) if int(value) < 0 else int(value)
+    return 1
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
-    cell = Cell.from_config(cfg, list(hc.overrides.task), hc.job.num if hc.mode.name == "MULTIRUN" else None)
+    multirun = hc.mode.name == "MULTIRUN"
+    cell = Cell.from_config(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
     label = f"{cell.identity.model} × {cell.identity.format} × {cell.identity.precision}"
     progress = Progress(label, quiet=bool(cfg.get("quiet")))
     try:
-        record = run_cell(cell, Path(hc.runtime.output_dir), progress)
+        record = run_cell(cell, Path(hc.runtime.output_dir), progress,
+                          parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1)
     finally:
         progress.close()
     return record.status
@@ -30,4 +42,4 @@ def main(cfg: DictConfig) -> str:
 
 if __name__ == "__main__":
     main()
-    sys.exit(1 if callbacks.FAILED_CELLS else 0)
+    sys.exit(1 if callbacks.FAILED_CELLS or callbacks.END_ERRORS else 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.collect import collect
+from runner.secrets import SecretOverrideError, check_overrides
 from runner.store import ensure_writable
 
 log = logging.getLogger(__name__)
 
 FAILED_CELLS: list[str] = []  # filled at the end of a run; __main__ turns it into the exit status
-SECRET_KEY = re.compile(r"(^|\.)(api_key|token|secret|password)$", re.IGNORECASE)
+END_ERRORS: list[str] = []  # the matrix or report could not be built (Hydra swallows callback exceptions)
 
 
 def _stop(message: str) -> None:
@@ -35,12 +35,11 @@ def check_writable(out_dir: str) -> None:
 
 
 def check_no_secret_overrides(config: DictConfig) -> None:
-    """Command-line overrides are saved in overrides.yaml / multirun.yaml: refuse secrets there."""
-    for item in config.hydra.overrides.task:
-        key, _, value = str(item).lstrip("+~").partition("=")
-        if SECRET_KEY.search(key) and value and not value.startswith("${"):
-            _stop(f"{key} given on the command line would be saved in the outputs; pass secrets through the "
-                  f"environment (e.g. OPENAI_API_KEY, read by ${{oc.env:...}} in conf/judge/*.yaml)")
+    """Overrides are saved in overrides.yaml / hydra.yaml / multirun.yaml: refuse secrets there, hydra.* included."""
+    try:
+        check_overrides([*config.hydra.overrides.task, *config.hydra.overrides.hydra])
+    except SecretOverrideError as e:
+        _stop(str(e))
 
 
 class RunnerCallback(Callback):
@@ -50,7 +49,13 @@ class RunnerCallback(Callback):
         check_writable(config.hydra[out_dir_key].dir)
 
     def _finish(self, out_dir: Path) -> None:
-        df = collect(out_dir)
+        try:
+            df = collect(out_dir)
+        except Exception as e:  # noqa: BLE001 - Hydra would swallow it and exit 0 with no matrix
+            END_ERRORS.append(f"building the matrix and report of {out_dir} failed: {type(e).__name__}: {e}")
+            log.debug("matrix failure", exc_info=True)
+            print(f"error: {END_ERRORS[-1]}", file=sys.stderr)
+            return
         if df.empty:
             return
         FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")

@@ -10,19 +10,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.identity import build_id, parse_build_id
 from runner.records import CellIdentity, SamplerParams
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
 
 
-def load_option(group: str, option: str) -> dict[str, Any]:
-    """A config group option as a plain dict (`conf/GROUP/OPTION.yaml`); one clear error when it is missing."""
+def load_option(group: str, option: str, resolve: bool = True) -> dict[str, Any]:
+    """A config group option as a plain dict (`conf/GROUP/OPTION.yaml`); one clear error when it is missing.
+
+    `resolve=False` keeps `${oc.env:...}` interpolations, for configs that will be saved.
+    """
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise ValueError(f"{group}={option}: no config {path} (options: {options})")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=resolve)
 
 
 @dataclass
@@ -66,9 +70,7 @@ class Cell:
 
         This cell's own group configs are used where they match (so overrides apply), else the YAML files.
         """
-        fmt, _, precision = reference.partition("_")
-        if not precision:
-            raise ValueError(f"baseline={reference!r}: expected FORMAT_PRECISION, e.g. gguf_fp16")
+        fmt, precision = parse_build_id(reference)
         try:
             fmt_cfg = self.format if self.format.get("name") == fmt else load_option("format", fmt)
             prec_cfg = self.precision if self.precision.get("name") == precision else load_option("precision", precision)
@@ -79,7 +81,7 @@ class Cell:
         return fmt_cfg, prec_cfg
 
     def is_reference(self, reference: str) -> bool:
-        return reference == f"{self.format['name']}_{self.precision['name']}"
+        return reference == build_id(self.format["name"], self.precision["name"])
 
     def sampler(self, repeat: int = 0) -> SamplerParams:
         g = self.generation
@@ -97,6 +99,10 @@ class Cell:
             raise ValueError(f"generation.top_p must be in (0, 1], got {g['top_p']}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.fidelity.get("enabled"):
+            from runner.fidelity_stage import parse_top_k
+
+            parse_top_k(self.fidelity.get("top_k"))
         if self.repeats > 1 and float(g["temperature"]) == 0.0:
             log.warning("repeats=%d with greedy decoding (temperature 0) repeats identical answers; "
                         "use generation=sampled for confidence intervals over seeds", self.repeats)

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from runner.identity import IDENTITY_GROUPS, parse_override
 from runner.judges.aggregate import judge_columns
 from runner.judging import all_judgments
 from runner.records import CellRecord, read_cell_record
@@ -52,6 +53,10 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "quantize_s": a.build_s if a else math.nan,
         "artifact_cache_hit": a.cache_hit if a else None,
     })
+    rt, host = rec.runtime, rec.host
+    row.update({"device": rt.device if rt else None, "compute_dtype": rt.compute_dtype if rt else None,
+                "host": f"{host.cpu} ×{host.cores}" + (f" + {host.gpu}" if host.gpu else "") if host else None,
+                "parallel_jobs": rt.parallel_jobs if rt else None})
     s = rec.speed
     row.update({
         "n_answers": s.n if s else 0,
@@ -63,14 +68,18 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "truncated_pct": s.truncated_pct if s else math.nan,
         "peak_rss_mb": _nan(s.peak_rss_mb) if s else math.nan,
         "generations_cached": sum(r.cache_hit for r in rec.results),
+        "speed_stale_answers": s.stale_answers if s else 0,
+        "speed_parallel_jobs": s.parallel_jobs if s else None,
     })
     row.update(judge_columns([(r.category, j) for r in rec.results for j in all_judgments(r) or [None]]))
+    row.update({"judge_reference": rec.judge_reference, "judge_note": rec.judge_note})
     f = rec.fidelity
     row.update({
         "kld_mean": f.kld_mean if f else math.nan, "kld_se": f.kld_se if f else math.nan,
         "kld_p99": f.kld_p99 if f else math.nan, "top1_pct": f.top1_pct if f else math.nan,
         "ppl": f.ppl if f else math.nan, "dppl": f.dppl if f else math.nan,
         "fidelity_reference": f.reference if f else None,
+        "kld_top_k": (f.top_k if f.top_k is not None else "all") if f else None,
     })
     agree = [r.agreement for r in rec.results if r.agreement]
     row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan
@@ -86,8 +95,8 @@ def missing_row(job_dir: Path, why: str) -> dict[str, Any]:
         import yaml
 
         for item in yaml.safe_load(overrides.read_text()) or []:
-            key, _, value = str(item).lstrip("+").partition("=")
-            if key in ("model", "format", "precision", "generation", "prompts", "judge"):
+            key, value = parse_override(item)
+            if key in IDENTITY_GROUPS and value is not None:
                 ident[key] = value
     return {**ident, "status": "failed", "reason": why}
 
@@ -139,10 +148,32 @@ def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = (
     return df.reset_index(drop=True)
 
 
+# matrix.md: the columns a reader compares builds by; matrix.csv has every column.
+HEADLINE = ("build", "status", "size_gb", "bits_per_weight", "kld_mean", "top1_pct", "overall", "gen_tps",
+            "s_per_prompt", "reason")
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """The headline view: build, status, size, bits/weight, KLD, top-1, judge overall with its CI, speed, reason."""
+    out = df.assign(build=df["format"].astype(str) + " " + df["precision"].astype(str))
+    if "overall" in out:
+        def with_ci(r: pd.Series) -> str:
+            if pd.isna(r["overall"]):
+                return ""
+            ci = "" if pd.isna(r.get("overall_lo")) else f" [{r['overall_lo']:.3g}, {r['overall_hi']:.3g}]"
+            return f"{r['overall']:.3g}{ci}"
+        out["overall"] = out.apply(with_ci, axis=1)
+    cols = [c for c in HEADLINE if c in out]
+    varying = [c for c in ("model", "generation", "prompts", "judge") if c in out and out[c].nunique() > 1]
+    out = out[cols[:1] + varying + cols[1:]]
+    return out.astype(object).where(out.notna(), None)  # tabulate prints None as missingval, NaN as "nan"
+
+
 def write_matrix(df: pd.DataFrame, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     df.to_csv(out_dir / "matrix.csv", index=False)
-    (out_dir / "matrix.md").write_text(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    table = headline(df).to_markdown(index=False, floatfmt=".4g", missingval="") if not df.empty else "(no cells)"
+    (out_dir / "matrix.md").write_text(f"{table}\n\nEvery column: matrix.csv (see README, Matrix columns).\n")
     return out_dir / "matrix.csv"
 
 

@@ -1,24 +1,45 @@
-"""The fidelity stage: this cell's next-token distributions vs the FP16 reference on identical token ids.
+"""The fidelity stage: this cell's next-token distributions vs the reference build's on identical token ids.
 
 The reference's top-k log-probs are computed once per (reference artifact, eval tokens, chunking) and
 kept in the artifact store; every cell then streams its own log-probs chunk by chunk (bounded memory).
+`fidelity.top_k: all` keeps the whole vocabulary: exact KLD, reference storage N × vocab × 8 bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runner.backends.base import Session
 from runner.contract import ChatRenderer, token_ids_sha
+from runner.generation import runtime_key
 from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
-from runner.records import ArtifactInfo, FidelityResult
-from runner.store import Store
+from runner.records import FidelityResult, from_dict
+from runner.store import Entry, Store
+
+if TYPE_CHECKING:
+    from runner.generation import GenerationStage
 
 DEFAULT_TEXT = Path(__file__).parent / "data" / "fidelity_eval.txt"
+# Bump whenever log-prob extraction, the reference format or scoring code changes.
+FIDELITY_CODE_VERSION = 2
+
+
+def parse_top_k(value: Any) -> int | None:
+    """`fidelity.top_k`: a positive integer, or `all` (None: the full vocabulary, exact KLD)."""
+    if str(value).lower() == "all":
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1:
+        raise ValueError(f"fidelity.top_k must be a positive integer or all, got {value!r}")
+    return k
 
 
 def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[list[int]], str]:
@@ -41,26 +62,35 @@ def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[l
     return chunks, sha
 
 
-def reference_entry(store: Store, ref_artifact: ArtifactInfo, ref_runtime: dict[str, Any], chunks: list[list[int]],
-                    tokens_sha: str, top_k: int, open_session: Callable[[], Session]):
-    """Build (once, under the store's lock) or reuse the reference's top-k log-probs."""
-    payload = {"reference": ref_artifact.key, "runtime": ref_runtime, "tokens": tokens_sha,
-               "chunk_len": len(chunks[0]), "n_chunks": len(chunks), "top_k": top_k}
+def reference_key(ref: GenerationStage, chunks: list[list[int]], tokens_sha: str, top_k: int | None) -> dict[str, Any]:
+    return {"code_version": FIDELITY_CODE_VERSION, "reference": ref.artifact.key, "runtime": runtime_key(ref.runtime),
+            "tokens": tokens_sha, "chunk_len": len(chunks[0]), "n_chunks": len(chunks), "top_k": top_k}
 
+
+def score_key(reference: Entry, own: GenerationStage, name: str) -> dict[str, Any]:
+    return {"code_version": FIDELITY_CODE_VERSION, "reference": reference.key, "artifact": own.artifact.key,
+            "runtime": runtime_key(own.runtime), "name": name}
+
+
+def reference_entry(store: Store, ref: GenerationStage, chunks: list[list[int]], tokens_sha: str,
+                    top_k: int | None) -> Entry:
+    """Build (once, under the store's lock) or reuse the reference's top-k log-probs."""
     def build(tmp: Path) -> dict[str, Any]:
-        session = open_session()
+        session = ref.session()
         vocab = 0
         for i, chunk in enumerate(chunks):
             logp = session.logprobs(chunk)
             vocab = logp.shape[1]
-            fidelity.save_reference_chunk(tmp / f"chunk_{i:04d}.npz", fidelity.reference_from_logprobs(logp[:-1], top_k, np.asarray(chunk[1:])))
+            k = vocab if top_k is None else top_k
+            fidelity.save_reference_chunk(tmp / f"chunk_{i:04d}.npz",
+                                          fidelity.reference_from_logprobs(logp[:-1], k, np.asarray(chunk[1:])))
         return {"vocab": int(vocab)}
 
-    return store.get_or_build("fidelity-ref", payload, build)
+    return store.get_or_build("fidelity-ref", reference_key(ref, chunks, tokens_sha, top_k), build)
 
 
 def score(session: Session, ref_dir: Path, ref_vocab: int, chunks: list[list[int]], reference: str,
-          tokens_sha: str) -> FidelityResult:
+          tokens_sha: str, top_k: int | None) -> FidelityResult:
     reset_peak_rss()
     stats, warnings = [], []
     for i, chunk in enumerate(chunks):
@@ -72,4 +102,26 @@ def score(session: Session, ref_dir: Path, ref_vocab: int, chunks: list[list[int
         stats.append(fidelity.chunk_stats(ref, logp[:-1], np.asarray(chunk[1:])))
     result = fidelity.summarize(stats, reference, text_sha=tokens_sha, warnings=warnings)
     result.peak_rss_mb = peak_rss_mb()
+    result.top_k = None if top_k is None or top_k >= ref_vocab else top_k
     return result
+
+
+def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, own: GenerationStage,
+                 ref: GenerationStage, name: str) -> FidelityResult:
+    """Fidelity of `own` vs `ref` (the same stage when this cell is the reference: KLD 0 by construction).
+
+    One model is in memory at a time: `own` is closed while the reference is computed.
+    """
+    chunks, sha = eval_chunks(fid_cfg, renderer)
+    top_k = parse_top_k(fid_cfg.get("top_k", 256))
+    if ref is not own:
+        own.close()
+    entry = reference_entry(store, ref, chunks, sha, top_k)
+    if ref is not own:
+        ref.close()
+    payload = score_key(entry, own, name)
+    result = store.lookup("fidelity", payload)
+    if result is None:
+        scored = score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, name, sha, top_k)
+        result = store.put_json("fidelity", payload, dataclasses.asdict(scored))
+    return from_dict(FidelityResult, result.manifest["record"])

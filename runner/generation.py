@@ -4,26 +4,46 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runner.backends import base
 from runner.backends.base import Backend, Session
-from runner.contract import ChatRenderer, RenderedPrompt, split_thinking
+from runner.contract import RenderedPrompt, split_thinking
+from runner.host import measured_on
 from runner.memory import reset_peak_rss
 from runner.prompts import Prompt
-from runner.records import ArtifactInfo, Generation, PromptResult, SamplerParams, from_dict
-from runner.store import Store
+from runner.records import ArtifactInfo, Generation, PromptResult, RuntimeInfo, SamplerParams, from_dict
+
+if TYPE_CHECKING:
+    from runner.context import CellContext
 
 log = logging.getLogger(__name__)
+
+# Bump whenever sampling, stopping, timing or decoding code changes: cached answers made by older code are
+# then regenerated instead of reused (a sampler fix must not reuse old sampled answers).
+GENERATION_CODE_VERSION = 2
+
+
+def runtime_key(runtime: RuntimeInfo) -> dict[str, Any]:
+    """The part of a resolved runtime that can change tokens or log-probs."""
+    return {"device": runtime.device, "compute_dtype": runtime.compute_dtype, **runtime.settings}
+
+
+def generation_key(artifact: ArtifactInfo, runtime: RuntimeInfo, rendered: RenderedPrompt, sampler: SamplerParams,
+                   stop_ids: list[int]) -> dict[str, Any]:
+    """Everything one generation depends on: the cache key payload."""
+    return {"code_version": GENERATION_CODE_VERSION, "artifact": artifact.key, "runtime": runtime_key(runtime),
+            "prompt_ids_sha": rendered.ids_sha, "sampler": dataclasses.asdict(sampler), "stop_ids": list(stop_ids)}
 
 
 class GenerationStage:
     """Generates with one loaded model, reusing cached generations; the model loads only on a cache miss."""
 
-    def __init__(self, backend: Backend, artifact: ArtifactInfo, format_cfg: dict[str, Any], renderer: ChatRenderer,
-                 stop_ids: list[int], store: Store, strip_thinking: bool = True):
-        self.backend, self.artifact, self.format_cfg = backend, artifact, format_cfg
-        self.renderer, self.stop_ids, self.store, self.strip_thinking = renderer, stop_ids, store, strip_thinking
+    def __init__(self, ctx: CellContext, backend: Backend, artifact: ArtifactInfo, format_cfg: dict[str, Any]):
+        self.ctx, self.backend, self.artifact, self.format_cfg = ctx, backend, artifact, format_cfg
+        self.runtime = backend.runtime(format_cfg, artifact)
+        self.runtime.parallel_jobs = ctx.parallel_jobs
+        self.measured_on = measured_on(ctx.host, self.runtime.device)
         self._session: Session | None = None
 
     def session(self) -> Session:
@@ -43,32 +63,31 @@ class GenerationStage:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def key_payload(self, rendered: RenderedPrompt, sampler: SamplerParams) -> dict[str, Any]:
-        return {"artifact": self.artifact.key, "runtime": self.backend.runtime_key(self.format_cfg),
-                "prompt_ids_sha": rendered.ids_sha, "sampler": dataclasses.asdict(sampler), "stop_ids": self.stop_ids}
-
-    def run_one(self, prompt: Prompt, rendered: RenderedPrompt, sampler: SamplerParams, repeat: int) -> PromptResult:
-        payload = self.key_payload(rendered, sampler)
-        hit = self.store.lookup("generations", payload)
+    def run_one(self, prompt: Prompt, sampler: SamplerParams, repeat: int) -> PromptResult:
+        ctx = self.ctx
+        rendered = ctx.rendered[prompt.id]
+        payload = generation_key(self.artifact, self.runtime, rendered, sampler, ctx.stop_ids)
+        hit = ctx.store.lookup("generations", payload)
         if hit is not None:
             gen = from_dict(Generation, hit.manifest["record"])
         else:
-            gen = base.generate(self.session(), rendered.token_ids, sampler, self.stop_ids)
-            gen.text = self.renderer.decode(gen.token_ids)
-            hit = self.store.put_json("generations", payload, dataclasses.asdict(gen))
-        answer, thinking = split_thinking(gen.text) if self.strip_thinking else (gen.text, "")
-        thinking_tokens = len(self.renderer.tokenizer.encode(thinking, add_special_tokens=False)) if thinking else 0
+            gen = base.generate(self.session(), rendered.token_ids, sampler, ctx.stop_ids)
+            gen.text = ctx.renderer.decode(gen.token_ids)
+            gen.measured_on, gen.parallel_jobs = self.measured_on, ctx.parallel_jobs
+            hit = ctx.store.put_json("generations", payload, dataclasses.asdict(gen))
+        answer, thinking = split_thinking(gen.text) if ctx.strip_thinking else (gen.text, "")
+        thinking_tokens = len(ctx.renderer.tokenizer.encode(thinking, add_special_tokens=False)) if thinking else 0
         return PromptResult(prompt_id=prompt.id, category=prompt.category, repeat=repeat, prompt_text=prompt.prompt,
                             reference=prompt.reference, rendered_prompt=rendered.text,
                             prompt_token_ids_sha=rendered.ids_sha, generation_key=hit.key, generation=gen,
                             answer=answer, thinking_tokens=thinking_tokens, cache_hit=hit.cache_hit)
 
-    def run(self, prompts: list[Prompt], rendered: dict[str, RenderedPrompt], sampler_for: Callable[[int], SamplerParams],
-            repeats: int, on_done: Callable[[], None] | None = None) -> list[PromptResult]:
+    def run(self, on_done: Callable[[], None] | None = None) -> list[PromptResult]:
+        """Every prompt × repeat of the cell; repeat r uses seed + r."""
         results = []
-        for repeat in range(repeats):
-            for p in prompts:
-                results.append(self.run_one(p, rendered[p.id], sampler_for(repeat), repeat))
+        for repeat in range(self.ctx.cell.repeats):
+            for p in self.ctx.prompts:
+                results.append(self.run_one(p, self.ctx.cell.sampler(repeat), repeat))
                 if on_done:
                     on_done()
         return results

@@ -1,12 +1,20 @@
-"""The judge stage: prompt results (+ optional references) → JudgeItems → judgments on the results."""
+"""The judge stage: prompt results (+ optional references) → JudgeItems → judgments on the results.
+
+Sweeps and `replay rejudge` both judge a cell through `judge_cell`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
+from runner.identity import answer_key
 from runner.judges.base import Judge, JudgeItem
-from runner.records import Judgment, PromptResult
+from runner.records import CellRecord, Judgment, PromptResult
 from runner.store import Store
+
+BASELINE_NOT_SELF_GRADED = ("baseline cell: not graded against its own answers (judge.reference=baseline); "
+                            "the other cells' scores are graded against this cell's answers")
 
 
 def judge_items(results: list[PromptResult], mode: str,
@@ -21,7 +29,7 @@ def judge_items(results: list[PromptResult], mode: str,
         if mode == "prompt":
             ref = r.reference
         elif mode == "baseline" and baseline_answers:
-            ref = baseline_answers.get((r.prompt_id, r.repeat))
+            ref = baseline_answers.get(answer_key(r))
         items.append(JudgeItem(prompt=r.prompt_text, category=r.category, answer=r.answer,
                                truncated=r.generation.finish_reason == "length", reference=ref,
                                generation_key=r.generation_key))
@@ -39,6 +47,35 @@ def apply_judge(judge: Judge, store: Store, results: list[PromptResult], mode: s
         for j in mine:
             j.answer_truncated = item.truncated
         r.judgment, r.judge_repeats = mine[0], mine[1:]
+
+
+def judge_cell(judge: Judge | None, store: Store, record: CellRecord, mode: str, is_baseline: bool,
+               baseline_answers: dict[tuple[str, int], str] | None) -> None:
+    """Replace the cell's verdicts with `judge`'s (none when `judge` is None).
+
+    With `mode == "baseline"` the baseline cell itself is not judged: graded against its own answers it
+    would score as a perfect match and bias every delta against the other builds.
+    """
+    record.judge_reference = mode if judge is not None else "none"
+    record.judge_note = None
+    for r in record.results:
+        r.judgment, r.judge_repeats = None, []
+    if judge is None or not record.results:
+        return
+    if mode == "baseline" and is_baseline:
+        record.judge_note = BASELINE_NOT_SELF_GRADED
+        return
+    apply_judge(judge, store, record.results, mode, baseline_answers)
+    record.judge_note = failure_note([j for r in record.results for j in all_judgments(r)])
+
+
+def failure_note(judgments: list[Judgment]) -> str | None:
+    """'N of M judgments failed: <the most common error>', or None when none failed."""
+    errors = [j.error or "unknown error" for j in judgments if j.scores is None]
+    if not errors:
+        return None
+    error, _ = Counter(errors).most_common(1)[0]
+    return f"{len(errors)} of {len(judgments)} judgments failed: {error}"
 
 
 def all_judgments(result: PromptResult) -> list[Judgment]:

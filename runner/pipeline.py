@@ -7,7 +7,6 @@ stays in the record and in the store.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -20,15 +19,19 @@ from typing import Iterator
 from runner import versions
 from runner.backends import get_backend
 from runner.cell import Cell
-from runner.contract import ChatRenderer, RenderedPrompt
+from runner.context import CellContext
+from runner.contract import ChatRenderer
+from runner.fidelity_stage import run_fidelity
 from runner.generation import GenerationStage
+from runner.host import host_info, measured_on
+from runner.identity import answer_key
 from runner.judges.base import make_judge
-from runner.judging import apply_judge
+from runner.judging import judge_cell
 from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
 from runner.progress import Progress
-from runner.prompts import Prompt, load_prompts
-from runner.records import CellRecord, FidelityResult, PromptResult, from_dict, to_json, write_text_atomic
+from runner.prompts import load_prompts
+from runner.records import CellRecord, PromptResult, to_json, write_text_atomic
 from runner.speed import speed_stats
 from runner.store import Store
 
@@ -52,23 +55,28 @@ def write_record(record: CellRecord, job_dir: Path) -> None:
 class CellRun:
     """State of one cell while its stages run."""
 
-    def __init__(self, cell: Cell, job_dir: Path, progress: Progress):
+    def __init__(self, cell: Cell, job_dir: Path, progress: Progress, refresh: frozenset[str] = frozenset(),
+                 parallel_jobs: int = 1):
         self.cell, self.job_dir, self.progress = cell, job_dir, progress
+        self.refresh, self.parallel_jobs = refresh, parallel_jobs
         self.record = CellRecord(cell=cell.identity, status="ok", started_at=_now())
         self.stack = ExitStack()
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         self.progress.stage(stage)
         try:
             yield
         finally:
             self.record.timings[stage] = round(time.perf_counter() - t0, 4)
+            self.record.windows[stage] = [round(wall0, 3), round(time.time(), 3)]
 
     def run(self) -> CellRecord:
         cell, rec = self.cell, self.record
         rec.versions = versions.collect()
+        rec.host = host_info()
+        t0 = time.time()
         with self.stack:
             try:
                 reason = cell.invalid_reason()
@@ -82,96 +90,83 @@ class CellRun:
                 log.error("cell %s × %s failed: %s", cell.identity.format, cell.identity.precision, rec.reason)
                 log.debug("%s", traceback.format_exc())
             finally:
-                rec.speed = speed_stats(rec.results)
+                tag = measured_on(rec.host, rec.runtime.device) if rec.runtime else None
+                rec.speed = speed_stats(rec.results, tag)
                 rec.finished_at = _now()
+                rec.windows["cell"] = [round(t0, 3), round(time.time(), 3)]
                 write_record(rec, self.job_dir)
         return rec
+
+    def _context(self) -> CellContext:
+        cell = self.cell
+        prompts = load_prompts(cell.prompts)
+        store = Store(cell.store_dir, refresh=self.refresh)
+        with self.timed("resolve_model"):
+            source_dir, self.record.source = resolve_model(cell.model, store)
+        renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)))
+        return CellContext(cell=cell, store=store, source_dir=source_dir, source=self.record.source,
+                           renderer=renderer, stop_ids=renderer.stop_token_ids(),
+                           strip_thinking=bool(cell.generation.get("strip_thinking", True)), prompts=prompts,
+                           rendered={p.id: renderer.render(p.prompt) for p in prompts}, host=self.record.host,
+                           parallel_jobs=self.parallel_jobs)
 
     def _run_stages(self) -> None:
         cell, rec = self.cell, self.record
         cell.validate()
-        prompts = load_prompts(cell.prompts)
-        store = Store(cell.store_dir)
         judge = make_judge(cell.judge)
         if judge is not None:
             judge.check_ready()  # e.g. a missing API key fails before any generation
-        with self.timed("resolve_model"):
-            source_dir, rec.source = resolve_model(cell.model, store)
-        renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)))
-        stop_ids = renderer.stop_token_ids()
-        strip = bool(cell.generation.get("strip_thinking", True))
-        rec.contract = renderer.contract(cell.sampler(), stop_ids, strip)
-        rendered = {p.id: renderer.render(p.prompt) for p in prompts}
+        ctx = self._context()
+        rec.contract = ctx.renderer.contract(cell.sampler(), ctx.stop_ids, ctx.strip_thinking)
         backend = get_backend(cell.format["name"])
-        rec.runtime = {"format": cell.format, **backend.runtime_key(cell.format)}
         with self.timed("prepare"):
-            rec.artifact = backend.prepare(source_dir, rec.source, cell.precision, cell.format, store)
-        gen = self.stack.enter_context(
-            GenerationStage(backend, rec.artifact, cell.format, renderer, stop_ids, store, strip))
+            rec.artifact = backend.prepare(ctx.source_dir, ctx.source, cell.precision, cell.format, ctx.store)
+        own = self.stack.enter_context(GenerationStage(ctx, backend, rec.artifact, cell.format))
+        rec.runtime = own.runtime
         with self.timed("generate"):
-            self.progress.start_items(len(prompts) * cell.repeats)
-            rec.results = gen.run(prompts, rendered, cell.sampler, cell.repeats, on_done=self.progress.advance)
-        baseline = self._baseline(source_dir, store, renderer, stop_ids, strip, prompts, rendered, gen)
+            self.progress.start_items(len(ctx.prompts) * cell.repeats)
+            rec.results = own.run(on_done=self.progress.advance)
+        mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
+        is_baseline = cell.is_reference(cell.baseline)
+        baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=mode == "baseline")
         if baseline is not None:
             for r in rec.results:
-                ref = baseline.get((r.prompt_id, r.repeat))
-                if ref is not None:
+                if (ref := baseline.get(answer_key(r))) is not None:
                     r.agreement = answer_agreement(ref.generation.token_ids, r.generation.token_ids)
         if judge is not None:
             answers = {k: r.answer for k, r in baseline.items()} if baseline else None
             with self.timed("judge"), judge:
-                apply_judge(judge, store, rec.results, cell.judge.get("reference", "none"), answers)
+                judge_cell(judge, ctx.store, rec, mode, is_baseline, answers)
         if cell.fidelity.get("enabled"):
             with self.timed("fidelity"):
-                self._fidelity(source_dir, store, renderer, gen)
+                name = str(cell.fidelity.get("reference") or cell.baseline)
+                rec.fidelity = run_fidelity(ctx.store, cell.fidelity, ctx.renderer, own,
+                                            self._reference_stage(ctx, name, own), name)
 
-    def _reference_stage(self, reference: str, source_dir: Path, store: Store, renderer: ChatRenderer,
-                         stop_ids: list[int], strip: bool, own: GenerationStage) -> GenerationStage:
-        """The generation stage of a reference cell such as `gguf_fp16` (this cell's own if it is that cell)."""
+    def _reference_stage(self, ctx: CellContext, reference: str, own: GenerationStage) -> GenerationStage:
+        """The generation stage of a reference build such as `gguf_fp16` (this cell's own if it is that build)."""
         if self.cell.is_reference(reference):
             return own
         fmt_cfg, prec_cfg = self.cell.reference_configs(reference)
         backend = get_backend(fmt_cfg["name"])
-        artifact = backend.prepare(source_dir, self.record.source, prec_cfg, fmt_cfg, store)
-        return self.stack.enter_context(GenerationStage(backend, artifact, fmt_cfg, renderer, stop_ids, store, strip))
+        artifact = backend.prepare(ctx.source_dir, ctx.source, prec_cfg, fmt_cfg, ctx.store)
+        return self.stack.enter_context(GenerationStage(ctx, backend, artifact, fmt_cfg))
 
-    def _baseline(self, source_dir, store, renderer, stop_ids, strip, prompts: list[Prompt],
-                  rendered: dict[str, RenderedPrompt], own: GenerationStage) -> dict[tuple[str, int], PromptResult] | None:
+    def _baseline_answers(self, ctx: CellContext, own: GenerationStage,
+                          needed: bool) -> dict[tuple[str, int], PromptResult] | None:
+        """Another cell's baseline answers (judge references, answer agreement), keyed by answer key."""
         cell = self.cell
-        needs = cell.judge.get("reference") == "baseline" or cell.fidelity.get("enabled")
-        if not needs:
+        if not (needed or cell.fidelity.get("enabled")):
             return None
         with self.timed("baseline"):
-            stage = self._reference_stage(cell.baseline, source_dir, store, renderer, stop_ids, strip, own)
-            if stage is own:
-                return {(r.prompt_id, r.repeat): r for r in self.record.results}
+            stage = self._reference_stage(ctx, cell.baseline, own)
             own.close()  # one model in memory at a time; reloaded lazily if fidelity needs it
-            results = stage.run(prompts, rendered, cell.sampler, cell.repeats)
+            results = stage.run()
             stage.close()
-            return {(r.prompt_id, r.repeat): r for r in results}
-
-    def _fidelity(self, source_dir: Path, store: Store, renderer: ChatRenderer, own: GenerationStage) -> None:
-        from runner import fidelity_stage
-
-        cell = self.cell
-        chunks, sha = fidelity_stage.eval_chunks(cell.fidelity, renderer)
-        reference = str(cell.fidelity.get("reference") or cell.baseline)
-        ref_stage = self._reference_stage(reference, source_dir, store, renderer, [], True, own)
-        if ref_stage is not own:
-            own.close()  # one model in memory at a time
-        entry = fidelity_stage.reference_entry(
-            store, ref_stage.artifact, ref_stage.backend.runtime_key(ref_stage.format_cfg), chunks, sha,
-            int(cell.fidelity["top_k"]), ref_stage.session)
-        if ref_stage is not own:
-            ref_stage.close()
-        payload = {"reference": entry.key, "artifact": own.artifact.key,
-                   "runtime": own.backend.runtime_key(own.format_cfg), "name": reference}
-        result = store.lookup("fidelity", payload)
-        if result is None:
-            scored = fidelity_stage.score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, reference, sha)
-            result = store.put_json("fidelity", payload, dataclasses.asdict(scored))
-        self.record.fidelity = from_dict(FidelityResult, result.manifest["record"])
+            return {answer_key(r): r for r in results}
 
 
-def run_cell(cell: Cell, job_dir: Path, progress: Progress | None = None) -> CellRecord:
-    return CellRun(cell, job_dir, progress or Progress(quiet=True)).run()
+def run_cell(cell: Cell, job_dir: Path, progress: Progress | None = None, refresh: frozenset[str] = frozenset(),
+             parallel_jobs: int = 1) -> CellRecord:
+    """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce)."""
+    return CellRun(cell, job_dir, progress or Progress(quiet=True), refresh, parallel_jobs).run()

@@ -1,7 +1,8 @@
 """Typed records for everything the runner persists, with JSON in/out.
 
 Every record is a dataclass; `to_json`/`from_json` round-trip them exactly. `SCHEMA_VERSION` is written
-into each `CellRecord` so replay can refuse records it does not understand.
+into each `CellRecord` so replay can refuse records it does not understand; older versions listed in
+`READABLE_SCHEMAS` are upgraded on read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 Status = Literal["ok", "skipped", "failed"]
 FinishReason = Literal["stop", "length"]
@@ -80,7 +82,7 @@ class Judgment:
 
 @dataclass
 class Generation:
-    """One answer to one prompt, with its speed. Produced by `Session.generate`."""
+    """One answer to one prompt, with its speed (NaN: not measurable, e.g. gen tok/s of a 1-token answer)."""
 
     text: str  # raw decoded completion, thinking included
     token_ids: list[int]
@@ -92,6 +94,8 @@ class Generation:
     gen_tps: float
     wall_s: float
     peak_memory_mb: float | None = None
+    measured_on: str = ""  # `HostInfo.fingerprint/device` where the speed was measured ("" = unknown)
+    parallel_jobs: int = 1  # cells the launcher ran at once while this was measured
 
 
 @dataclass
@@ -129,7 +133,7 @@ class GenerationContract:
 
 @dataclass
 class SpeedStats:
-    """Per-cell aggregates over all prompt results."""
+    """Per-cell aggregates over the answers whose speed was measured on this cell's host and device."""
 
     n: int
     s_per_prompt: float
@@ -139,6 +143,31 @@ class SpeedStats:
     mean_completion_tokens: float
     truncated_pct: float
     peak_rss_mb: float | None
+    stale_answers: int = 0  # cached answers measured on another host or device: excluded from the speed figures
+    parallel_jobs: int = 1  # the most cells the launcher ran at once while these answers were measured
+
+
+@dataclass
+class HostInfo:
+    """Where a cell ran. `fingerprint` hashes the fields that change speed (not the host name)."""
+
+    fingerprint: str
+    cpu: str
+    cores: int
+    gpu: str | None
+    platform: str
+    hostname: str = ""
+
+
+@dataclass
+class RuntimeInfo:
+    """How the engine ran a cell, resolved (never `auto`)."""
+
+    device: str  # cpu | metal | cuda | ...
+    compute_dtype: str
+    settings: dict[str, Any] = field(default_factory=dict)  # engine settings that can change tokens (cache keys)
+    format: dict[str, Any] = field(default_factory=dict)  # the format config as given
+    parallel_jobs: int = 1  # cells the launcher runs at once (joblib n_jobs, submitit array parallelism)
 
 
 @dataclass
@@ -148,7 +177,7 @@ class FidelityResult:
     reference: str
     n_tokens: int
     kld_mean: float
-    kld_se: float
+    kld_se: float  # from per-chunk means (positions within a chunk are correlated); NaN below 2 chunks
     kld_median: float
     kld_p99: float
     kld_max: float
@@ -160,6 +189,8 @@ class FidelityResult:
     text_sha: str = ""
     warnings: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None  # process peak while scoring (bounded by chunk size, not text length)
+    n_chunks: int = 0
+    top_k: int | None = None  # reference log-probs kept per position; None: the full vocabulary (exact KLD)
 
 
 @dataclass
@@ -185,12 +216,16 @@ class CellRecord:
     source: ModelSourceInfo | None = None
     artifact: ArtifactInfo | None = None
     contract: GenerationContract | None = None
-    runtime: dict[str, Any] = field(default_factory=dict)
+    runtime: RuntimeInfo | None = None
+    host: HostInfo | None = None
     results: list[PromptResult] = field(default_factory=list)
     speed: SpeedStats | None = None
     fidelity: FidelityResult | None = None
+    judge_reference: str = "none"  # what the judge compared answers with: none | prompt | baseline
+    judge_note: str | None = None  # why this cell has no judge scores, or what went wrong judging it
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    windows: dict[str, list[float]] = field(default_factory=dict)  # stage → [start, end] epoch seconds
     started_at: str = ""
     finished_at: str = ""
 
@@ -237,12 +272,23 @@ def read_cell_record(path: Path) -> CellRecord:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable cell record ({e})") from e
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: record schema_version {version!r}, this runner reads {SCHEMA_VERSION}")
+    if version not in READABLE_SCHEMAS:
+        raise ValueError(f"{path}: record schema_version {version!r}, this runner reads "
+                         f"{', '.join(map(str, READABLE_SCHEMAS))}")
     try:
-        return from_dict(CellRecord, data)
+        return from_dict(CellRecord, _upgrade(data))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: malformed cell record ({e})") from e
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A record of an older schema in the current one (fields added since then keep their defaults)."""
+    if data.get("schema_version") == 1 and isinstance(data.get("runtime"), dict):
+        old = dict(data["runtime"])
+        fmt = old.pop("format", {}) or {}
+        data = {**data, "runtime": {"device": "unknown", "compute_dtype": str(old.pop("compute_dtype", "unknown")),
+                                    "settings": old, "format": fmt} if (old or fmt) else None}
+    return {**data, "schema_version": SCHEMA_VERSION}
 
 
 def write_text_atomic(path: Path, text: str) -> None:

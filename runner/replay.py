@@ -1,6 +1,6 @@
 """Replay saved sweeps: re-run them, re-judge their generations, or rebuild their matrix and report.
 
-python -m runner.replay reproduce SWEEP_DIR [--fresh] [--out DIR]   re-run every cell from its saved config, compare
+python -m runner.replay reproduce SWEEP_DIR [--fresh | --from-cache] [--out DIR]   re-run every cell, compare
 python -m runner.replay rejudge SWEEP_DIR judge=NAME [judge.KEY=VALUE ...] [--out DIR]
 python -m runner.replay collect SWEEP_DIR [--max-kld X] [--min-top1 Y]   matrix + report from records alone
 
@@ -33,13 +33,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.cell import load_option
 from runner.collect import collect, find_job_dirs
+from runner.identity import find_baseline, is_build, override_key
 from runner.judges.base import make_judge
-from runner.judging import apply_judge
-from runner.metrics.stats import paired_delta
+from runner.judging import judge_cell
+from runner.metrics.stats import paired_prompt_delta
 from runner.records import CellRecord, read_cell_record, to_json, write_text_atomic
+from runner.secrets import check_overrides
 from runner.report import MAX_KLD, MIN_TOP1, fmt
 from runner.store import Store
-from runner.summary import DELTAS, find_baseline
+from runner.summary import DELTAS
 
 class SweepError(ValueError):
     """A sweep dir replay cannot use; the message names what is missing."""
@@ -160,7 +162,9 @@ def compare(old: CellRecord | None, new: CellRecord, label: str) -> CellDiff:
     """What a re-run reproduced: status, generations (greedy must be identical), fidelity, judge, speed."""
     diff = CellDiff(label)
     if old is None:
-        diff.matches.append(f"not finished before, now {new.status}")
+        diff.reproduced = new.status != "failed"
+        (diff.differs if new.status == "failed" else diff.matches).append(
+            f"not finished before, now {new.status}" + (f" ({new.reason})" if new.reason else ""))
         return diff
     if old.status != new.status:
         diff.reproduced = False
@@ -202,30 +206,47 @@ def compare(old: CellRecord | None, new: CellRecord, label: str) -> CellDiff:
 
 
 def _speed(pairs: list[tuple[Any, Any]]) -> tuple[bool, str]:
-    """(within noise, description): paired per-answer gen tok/s, new − old, relative to the old mean."""
+    """(within noise, description): paired per-prompt gen tok/s, new − old, relative to the old mean."""
     if all(n.cache_hit for _, n in pairs):
-        return True, "speed not re-measured (all generations from the cache; --fresh re-measures)"
+        return True, "speed not re-measured (all generations from the cache)"
     get = DELTAS["gen_tps"]
-    old = [get(o) if o else math.nan for o, _ in pairs]
-    d = paired_delta(old, [get(n) for _, n in pairs])
-    valid = [x for x in old if not math.isnan(x)]
+    old: dict[str, list[float]] = {}
+    new: dict[str, list[float]] = {}
+    for o, n in sorted(pairs, key=lambda p: (p[1].prompt_id, p[1].repeat)):
+        old.setdefault(n.prompt_id, []).append(get(o) if o else math.nan)
+        new.setdefault(n.prompt_id, []).append(get(n))
+    d = paired_prompt_delta(old, new)
+    valid = [x for v in old.values() for x in v if not math.isnan(x)]
     if not d["n"] or not valid:
         return True, "speed not comparable (no answer longer than one token)"
     base = sum(valid) / len(valid)
-    pct = f"{100 * d['delta'] / base:+.1f}% [{100 * d['lo'] / base:+.1f}%, {100 * d['hi'] / base:+.1f}%]"
-    if d["distinguishable"]:
+    ci = f" [{100 * d['lo'] / base:+.1f}%, {100 * d['hi'] / base:+.1f}%]" if not math.isnan(d["lo"]) else ""
+    pct = f"{100 * d['delta'] / base:+.1f}%{ci}, sign-flip p={d['p']:.2g}"
+    if d["p"] <= 0.05:
         return False, f"gen tok/s changed beyond noise ({pct})"
     return True, f"gen tok/s within noise ({pct})"
 
 
-def reproduce(sweep: Sweep, out: Path, fresh: bool = False, quiet: bool = False) -> list[CellDiff]:
-    """Re-run every job from its saved config into `out` (a new sweep dir), collect it, compare with the old."""
+REFRESH_ON_REPRODUCE = frozenset({"generations", "fidelity-ref", "fidelity"})
+
+
+def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = False,
+              quiet: bool = False) -> list[CellDiff]:
+    """Re-run every job from its saved config into `out` (a new sweep dir), collect it, compare with the old.
+
+    Default: every answer is regenerated and fidelity recomputed (artifacts come from the store);
+    `fresh`: a new empty store, so artifacts are rebuilt too; `from_cache`: the caches are replayed and
+    nothing is re-run (a check of the records, not of the engines).
+    """
     from runner.cell import Cell  # only reproduce needs the pipeline (and, through it, the engines)
     from runner.pipeline import run_cell
     from runner.progress import Progress
 
+    if fresh and from_cache:
+        raise ValueError("--fresh and --from-cache exclude each other")
     _prepare_out(out)
     shutil.copy2(sweep.dir / "multirun.yaml", out / "multirun.yaml")
+    refresh = frozenset() if from_cache else REFRESH_ON_REPRODUCE
     diffs = []
     for i, job in enumerate(sweep.jobs, 1):
         cfg = job.config()
@@ -234,15 +255,22 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, quiet: bool = False)
         new_dir = out / str(job.num)
         shutil.copytree(job.hydra_dir, new_dir / ".hydra")
         OmegaConf.save(cfg, new_dir / ".hydra" / "config.yaml")  # with the store this run used
-        cell = Cell.from_config(cfg, job.overrides(), job.num)
+        label = f"#{job.num}" + (f" {job.record.cell.format} {job.record.cell.precision}" if job.record else "")
+        try:
+            cell = Cell.from_config(cfg, job.overrides(), job.num)
+        except Exception as e:  # noqa: BLE001 - a job that cannot even be configured is not reproduced
+            diffs.append(CellDiff(label, False, differs=[f"cannot run the saved config: {type(e).__name__}: {e}"]))
+            continue
         progress = Progress(f"[{i}/{len(sweep.jobs)}] {cell.identity.format} × {cell.identity.precision}", quiet=quiet)
         try:
-            record = run_cell(cell, new_dir, progress)
+            record = run_cell(cell, new_dir, progress, refresh=refresh)
         finally:
             progress.close()
         diffs.append(compare(job.record, record, f"#{job.num} {record.cell.format} {record.cell.precision}"))
     collect(out)
-    (out / "reproduce.md").write_text(f"# Reproduction of {sweep.dir}\n\n"
+    mode = ("replayed from the caches: nothing re-run" if from_cache else
+            "everything rebuilt in a new store" if fresh else "answers regenerated and fidelity recomputed")
+    (out / "reproduce.md").write_text(f"# Reproduction of {sweep.dir}\n\n{mode[0].upper() + mode[1:]}.\n\n"
                                       + "".join(f"- {d.line()}\n" for d in diffs))
     return diffs
 
@@ -256,7 +284,7 @@ def judge_section(old: DictConfig, overrides: list[str]) -> DictConfig:
     for item in overrides:
         key, sep, value = item.partition("=")
         if key == "judge" and sep:
-            base = OmegaConf.create(load_option("judge", value))
+            base = OmegaConf.create(load_option("judge", value, resolve=False))  # the key stays ${oc.env:...}
         elif key.startswith("judge.") and sep:
             dotlist.append(item)
         else:
@@ -266,11 +294,10 @@ def judge_section(old: DictConfig, overrides: list[str]) -> DictConfig:
 
 def _judge_overrides(old: list[str], new: list[str]) -> list[str]:
     """The job's overrides as the re-judged config reads: `judge=NAME` replaces every judge one, `judge.K=V` its key."""
-    def key(o: str) -> str:
-        return o.lstrip("+~").partition("=")[0]
-    new_keys = {key(o) for o in new}
+    new_keys = {override_key(o) for o in new}
     whole = "judge" in new_keys
-    return [o for o in old if not (key(o) in new_keys or whole and key(o).split(".")[0] == "judge")] + list(new)
+    return [o for o in old if not (override_key(o) in new_keys
+                                   or whole and override_key(o).split(".")[0] == "judge")] + list(new)
 
 
 def rejudge(sweep: Sweep, overrides: list[str], out: Path | None = None) -> tuple[Path, pd.DataFrame]:
@@ -304,6 +331,8 @@ def _baseline_answers(job: Job, cfg: DictConfig, records: list[CellRecord]) -> d
     """Answers of the sweep's own baseline cell, when the judge wants them as references."""
     if job.record is None or not job.record.results or cfg.judge.get("reference", "none") != "baseline":
         return None
+    if is_build(job.record, str(cfg.baseline)):
+        return None  # the baseline cell is not graded against itself
     base = find_baseline(job.record, records, str(cfg.baseline))
     if base is None:
         raise SweepError(f"judge.reference=baseline: the sweep has no ok {cfg.baseline} cell for job {job.num} "
@@ -323,13 +352,12 @@ def _write_job(job: Job, cfg: DictConfig, overrides: list[str], out: Path, judge
     rec = copy.deepcopy(job.record)
     rec.cell.judge, rec.cell.overrides = str(cfg.judge.name), new_overrides
     rec.timings.pop("judge", None)
-    for r in rec.results:
-        r.judgment, r.judge_repeats = None, []
-    if judge is not None and rec.results:
-        store_dir = job.store_dir(cfg)
-        store = Store(store_dir if store_dir.is_dir() else sweep_dir / "rejudge-store")
-        t0 = time.perf_counter()
-        apply_judge(judge, store, rec.results, str(cfg.judge.get("reference", "none")), baseline_answers)
+    store_dir = job.store_dir(cfg)
+    store = Store(store_dir if store_dir.is_dir() else sweep_dir / "rejudge-store")
+    t0 = time.perf_counter()
+    judge_cell(judge, store, rec, str(cfg.judge.get("reference", "none")), is_build(rec, str(cfg.baseline)),
+               baseline_answers)
+    if judge is not None:
         rec.timings["judge"] = round(time.perf_counter() - t0, 4)
     if (job.dir / "generations.jsonl").exists():  # generations are unchanged
         shutil.copy2(job.dir / "generations.jsonl", new_dir / "generations.jsonl")
@@ -352,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("reproduce", help="re-run every cell of a saved sweep from its saved configs and compare")
     p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--fresh", action="store_true", help="bypass every cache: a new empty store in OUT/store")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--fresh", action="store_true", help="also rebuild the artifacts: a new empty store in OUT/store")
+    mode.add_argument("--from-cache", action="store_true",
+                      help="replay the generation and fidelity caches: nothing is re-run")
     p.add_argument("--out", type=Path, help="new sweep dir (default: SWEEP_DIR-reproduce-<time> beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("rejudge", help="score saved generations with another judge or rubric")
@@ -373,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             df = collect(sweep.dir, max_kld=args.max_kld, min_top1=args.min_top1)
             print(_summary(df, sweep.dir))
             return 0
+        if args.command == "rejudge":
+            check_overrides(args.overrides)  # before anything is read or written
         sweep = load_sweep(args.sweep_dir)
         if args.command == "rejudge":
             out, df = rejudge(sweep, args.overrides, args.out)
@@ -380,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         out = args.out or sweep.dir.with_name(f"{sweep.dir.name}-reproduce-{stamp}")
-        diffs = reproduce(sweep, out, fresh=args.fresh, quiet=args.quiet)
+        diffs = reproduce(sweep, out, fresh=args.fresh, from_cache=args.from_cache, quiet=args.quiet)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -388,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         print(d.line())
     ok = all(d.reproduced for d in diffs)
     verdict = "reproduced" if ok else "NOT reproduced"
-    print(f"{verdict}: {len(diffs)} cells → {out} (comparison in {out / 'reproduce.md'})")
+    how = " from the caches, nothing re-run" if args.from_cache else ""
+    print(f"{verdict}{how}: {len(diffs)} cells → {out} (comparison in {out / 'reproduce.md'})")
     return 0 if ok else 1
 
 

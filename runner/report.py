@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 
+from runner.identity import build_id, parse_build_id
 from runner.judges.rubric import CRITERIA
-from runner.metrics.stats import bootstrap_ci
+from runner.metrics.stats import MIN_PROMPTS_FOR_CI, POWER, min_prompts_for_significance
 from runner.records import CellRecord, GenerationContract
-from runner.summary import LEVEL, MEANS, N_BOOT, judge_noise
+from runner.summary import ALPHA, FAMILIES, LEVEL, N_BOOT, judge_noise, parallel_cells
 
 MAX_KLD = 0.05  # default recommendation thresholds; see `write_report`
 MIN_TOP1 = 90.0
@@ -74,7 +76,7 @@ def with_ci(row: pd.Series, col: str) -> str:
 
 
 def delta(row: pd.Series, metric: str, is_base: bool) -> str:
-    """'Δ [lo, hi]', suffixed with ≈ when the CI includes 0."""
+    """'Δ [lo, hi]', suffixed with ≈ when it is not significant (Holm-adjusted sign-flip test)."""
     if is_base:
         return "baseline"
     d = row.get(f"d_{metric}")
@@ -111,6 +113,7 @@ class Report:
         self.max_kld, self.min_top1 = max_kld, min_top1
         self.ok = self.df[self.df["status"] == "ok"]
         self.judged = "overall" in self.ok and self.ok["overall"].notna().any()
+        self.graded_by_baseline = "judge_reference" in self.ok and (self.ok["judge_reference"] == "baseline").any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
         self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
         self.ok_records = [r for r in records if r.status == "ok" and r.cell.job_num in self.label_by_job]
@@ -119,7 +122,7 @@ class Report:
         return self.label_by_job[rec.cell.job_num]
 
     def is_base(self, row: pd.Series) -> bool:
-        return self.baseline == f"{row['format']}_{row['precision']}"
+        return self.baseline == build_id(row["format"], row["precision"])
 
     def sections(self) -> list[Section]:
         return [self.overview(), self.highlights(), self.quality(), self.fidelity(), self.speed(), self.size(),
@@ -166,7 +169,7 @@ class Report:
                     why.append(f"KLD {fmt(row['kld_mean'])} > {fmt(self.max_kld)}")
                 if row["top1_pct"] < self.min_top1:
                     why.append(f"top-1 {fmt(row['top1_pct'])}% < {fmt(self.min_top1)}%")
-        if self.judged:
+        if self.judged and not self.graded_by_baseline:
             if _nan(row.get("overall")):
                 why.append("not judged")
             elif flag(row.get("d_overall_sig")) and row["d_overall"] < 0:
@@ -177,7 +180,8 @@ class Report:
         if self.judged:
             quality = self._pick("overall", largest=True)
         elif self.has_fidelity:  # the reference has KLD 0 by definition
-            refs = self.ok["format"] + "_" + self.ok["precision"] != self.ok["fidelity_reference"]
+            refs = [build_id(f, p) != ref for f, p, ref in zip(self.ok["format"], self.ok["precision"],
+                                                                self.ok["fidelity_reference"])]
             quality = self._pick("kld_mean", largest=False, rows=self.ok[refs])
             quality += " (lowest KLD, the reference excluded)" if quality != "–" else ""
         else:
@@ -187,8 +191,8 @@ class Report:
         criteria = []
         if self.has_fidelity:
             criteria += [f"KLD ≤ {fmt(self.max_kld)}", f"top-1 ≥ {fmt(self.min_top1)}%"]
-        if self.judged:
-            criteria.append("judge overall not distinguishably worse than the baseline (95% CI of Δ)")
+        if self.judged and not self.graded_by_baseline:
+            criteria.append("judge overall not significantly worse than the baseline (sign-flip test, Holm)")
         if not criteria:
             text.append("Recommendation: none (no quality data: judge=none and fidelity off).")
             return Section("Highlights", text)
@@ -200,6 +204,9 @@ class Report:
         else:
             pick = eligible.sort_values(["size_gb", "gen_tps"], ascending=[True, False]).iloc[0]
             text.append(f"Recommendation: **{pick['label']}** ({fmt(pick['size_gb'])} GB), {rule}.")
+        if self.judged and self.graded_by_baseline:
+            text.append("The judge is not part of the recommendation: with judge.reference=baseline the baseline "
+                        "has no score of its own to compare with.")
         text.append(f"Thresholds: max_kld={self.max_kld}, min_top1={self.min_top1} "
                     "(`runner.report.write_report` arguments; `python -m runner.replay collect --max-kld --min-top1`).")
         table = self._table(self.ok, {"Meets thresholds": lambda r: fmt(not why[r.name]),
@@ -217,7 +224,7 @@ class Report:
         for c in CRITERIA:
             cols[c.capitalize()] = lambda r, c=c: with_ci(r, c)
             cols[f"Δ {c}"] = lambda r, c=c: delta(r, c, self.is_base(r))
-        cols.update({"Failed judgments": "judge_failed", "Cost $": "judge_cost_usd"})
+        cols.update({"Failed judgments": "judge_failed", "Cost $": "judge_cost_usd", "Note": "judge_note"})
         noise = judge_noise(self.ok_records)
         if noise is None:
             floor = ("Judge noise floor: not measured (no answer was judged twice independently; "
@@ -226,8 +233,23 @@ class Report:
             floor = (f"Judge noise floor: {noise.groups} answers were judged more than once, by judge repeats or "
                      f"as identical answers from different builds ({noise.judgments} judgments): mean |Δ overall| {fmt(noise.mean_abs_diff)}, "
                      f"max {fmt(noise.max_abs_diff)}. Score differences of that size are the judge's own noise.")
-        intro = "Scores 0–10, mean [95% CI] over answers; Δ vs the baseline cell."
-        return Section("Quality (judge)", [intro, floor, self._sweep_cost()], self._table(self.ok, cols))
+        intro = "Scores 0–10, mean [95% CI] over prompts; Δ vs the baseline cell."
+        return Section("Quality (judge)", [intro, self._reference_meaning(), floor, self._sweep_cost()],
+                       self._table(self.ok, cols))
+
+    def _reference_meaning(self) -> str:
+        modes = sorted(set(self.ok["judge_reference"].dropna())) if "judge_reference" in self.ok else []
+        text = {
+            "none": "judge.reference=none: each answer is scored on its own; Δ is the build's score minus the "
+                    "baseline's on the same prompts.",
+            "prompt": "judge.reference=prompt: answers are scored against the prompt set's reference answers, the "
+                      "baseline's too; Δ is the build's score minus the baseline's on the same prompts.",
+            "baseline": "judge.reference=baseline: every build is scored against the baseline's answer to the same "
+                        "prompt. **The baseline is not graded against itself** (it has no judge score and no Δ): "
+                        "compare builds with each other; a score measures agreement with the baseline's answers "
+                        "as much as quality.",
+        }
+        return " ".join(text[m] for m in modes if m in text) or ""
 
     def _sweep_cost(self) -> str:
         """Total judge cost of the sweep; unknown (not 0) when any cell's price is missing."""
@@ -246,9 +268,15 @@ class Report:
                 "Top-1 %": "top1_pct", "PPL": "ppl", "ΔPPL": "dppl",
                 "Answer agreement": lambda r: with_ci(r, "answer_agreement"),
                 "Answer similarity": lambda r: with_ci(r, "answer_similarity")}
-        return Section("Fidelity", ["KLD(reference ‖ build) per token on identical token ids (CI: mean ± 1.96 SE); "
-                                    "top-1: same argmax token; answer agreement: exact-match share of answers vs the "
-                                    "baseline's; similarity: token-sequence similarity."], self._table(self.ok, cols))
+        cols["KLD top-k"] = "kld_top_k"
+        return Section("Fidelity", [
+            "KLD(reference ‖ build) per token on identical token ids (CI: mean ± 1.96 SE from per-chunk means, "
+            f"shown from {MIN_PROMPTS_FOR_CI} chunks); top-1: same argmax token; answer agreement: exact-match share "
+            "of answers vs the baseline's; similarity: token-sequence similarity. The reference cell's own KLD is 0 "
+            "by construction.",
+            "With `fidelity.top_k=K` the reference keeps its top-K log-probs plus one tail bucket per position, so "
+            "the KLD shown is a **lower bound** of the full-vocabulary KLD (exact with `fidelity.top_k=all`)."],
+            self._table(self.ok, cols))
 
     def speed(self) -> Section:
         cols = {"Gen tok/s": lambda r: with_ci(r, "gen_tps"),
@@ -257,10 +285,17 @@ class Report:
                 "s/prompt": lambda r: with_ci(r, "s_per_prompt"),
                 "Δ s/prompt": lambda r: delta(r, "s_per_prompt", self.is_base(r)),
                 "Mean tokens": "mean_tokens", "Truncated %": "truncated_pct", "Peak RSS MB": "peak_rss_mb",
-                "Cached answers": "generations_cached"}
-        return Section("Speed", ["Token-weighted throughput (CI: bootstrap of the ratio); Δ gen tok/s is the mean "
-                                 "per-answer difference. Cached answers keep the speed measured when first generated."],
-                       self._table(self.ok, cols))
+                "Cached answers": "generations_cached", "Stale answers": "speed_stale_answers", "Device": "device"}
+        text = ["Token-weighted throughput (CI: bootstrap over prompts of the ratio); Δ gen tok/s is the mean "
+                "per-prompt difference. A cached answer keeps the speed measured when it was generated only if that "
+                "was on this host and device; answers measured elsewhere are **stale**: left out of every speed "
+                "figure and counted under Stale answers."]
+        stale = self.ok[self.ok.get("speed_stale_answers", pd.Series(0, index=self.ok.index)).fillna(0) > 0]
+        if len(stale):
+            text.append(f"⚠️ **STALE SPEED**: {', '.join(stale['label'])} reuse answers measured on another host or "
+                        "device; their speed figures cover only the answers measured here (none: –). Re-measure with "
+                        "`python -m runner.replay reproduce SWEEP`.")
+        return Section("Speed", text, self._table(self.ok, cols))
 
     def size(self) -> Section:
         base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
@@ -270,20 +305,18 @@ class Report:
         return Section("Size", [], self._table(self.ok, cols))
 
     def per_category(self) -> Section:
-        metric = "overall" if self.judged else "answer_similarity"
-        get = MEANS[metric]
-        rows: dict[str, dict[str, str]] = {}
-        for rec in self.ok_records:
-            by_cat: dict[str, list[float]] = defaultdict(list)
-            for r in rec.results:
-                by_cat[r.category].append(get(r))
-            rows[self.label(rec)] = {
-                cat: "{} [{}, {}] (n={})".format(*map(fmt, bootstrap_ci(v, N_BOOT, LEVEL)), len(v)) if len(v) > 1
-                else f"{fmt(v[0])} (n=1)" for cat, v in sorted(by_cat.items())}
-        if not rows:
-            return Section("Per category", ["No ok cells."])
-        table = pd.DataFrame.from_dict(rows, orient="index").fillna("–").rename_axis("Build").reset_index()
-        return Section("Per category", [f"`{metric}` per prompt category, mean [95% CI]."], table)
+        metric = "overall" if self.judged else None
+        cats = sorted(c[len("overall_"):-len("_n")] for c in self.ok.columns
+                      if c.startswith("overall_") and c.endswith("_n"))
+        if metric is None or not cats or self.ok.empty:
+            return Section("Per category", ["No judge scores per category."])
+        def cell(r: pd.Series, cat: str) -> str:
+            n = r.get(f"overall_{cat}_n")
+            return "–" if _nan(n) else f"{with_ci(r, f'overall_{cat}')} (n={int(n)})"
+        table = self._table(self.ok, {cat: (lambda r, cat=cat: cell(r, cat)) for cat in cats})
+        return Section("Per category", [f"Judge `overall` per prompt category, mean [95% CI] over its prompts; n is the "
+                                        f"number of prompts, and no interval is given below {MIN_PROMPTS_FOR_CI}."],
+                       table)
 
     # -------------------------------------------------------------- fairness
 
@@ -305,11 +338,38 @@ class Report:
             else:
                 text.append(f"✅ All {len(group)} ok cells of `{model}` share one generation contract "
                             "and identical rendered prompt token ids.")
+        text += self._devices() + self._speed_comparability()
         if len(table.drop_duplicates()) == 1:  # one contract: show it once
             table = pd.DataFrame({"Field": table.columns, "Value": table.iloc[0].values})
         else:
             table = table.rename_axis("Build").reset_index()
         return Section("Fairness", text + self._engine_noise(), table)
+
+    def _devices(self) -> list[str]:
+        """Every cell of one model must run on the same kind of device, or its comparison says so loudly."""
+        out = []
+        for model, group in self.ok.groupby("model"):
+            devices = {d for d in group.get("device", pd.Series(dtype=object)).dropna()}
+            per_cell = ", ".join(f"{r['label']}: {r.get('device') or 'unknown'} ({r.get('compute_dtype') or '?'})"
+                                 for _, r in group.iterrows())
+            if len(devices) > 1:
+                out.append(f"⚠️ **DEVICE MISMATCH ({model})**: cells ran on {', '.join(sorted(devices))} — speed and "
+                           f"even outputs are not comparable across them. Per cell: {per_cell}.")
+            else:
+                out.append(f"Devices ({model}): {per_cell}.")
+        return out
+
+    def _speed_comparability(self) -> list[str]:
+        """Speed measured while other cells ran on the same host is not comparable."""
+        overlapping = parallel_cells(self.ok_records)
+        flagged = sorted({self.label(r) for r in overlapping} | {
+            lab for lab, jobs in zip(self.ok["label"], self.ok.get("speed_parallel_jobs", pd.Series(dtype=float)))
+            if not _nan(jobs) and jobs > 1})
+        if not flagged:
+            return ["Speed: every cell was measured alone on its host (no other cell ran at the same time)."]
+        return [f"⚠️ **SPEED NOT COMPARABLE**: {', '.join(flagged)} were measured while other cells ran on the same "
+                "host (a parallel launcher): they competed for the CPU/GPU. Re-run with the basic launcher (or "
+                "`hydra.launcher.n_jobs=1`) to compare speed."]
 
     def _engine_noise(self) -> list[str]:
         """KLD of the reference precision's cell in the other format vs the reference: the engine noise floor."""
@@ -318,7 +378,7 @@ class Report:
             ref = r.get("fidelity_reference")
             if _nan(ref) or _nan(r.get("kld_mean")) or "_" not in str(ref):
                 continue
-            ref_format, _, ref_precision = str(ref).partition("_")
+            ref_format, ref_precision = parse_build_id(str(ref))
             if r["precision"] == ref_precision and r["format"] != ref_format:
                 out.append(f"Cross-engine noise floor: **{r['label']}** vs `{ref}` (same weights, other engine): "
                            f"KLD {with_ci(r, 'kld_mean')}, top-1 {fmt(r.get('top1_pct'))}%, answer agreement "
@@ -334,14 +394,34 @@ class Report:
         return Section(title, [], self._table(rows, {"Job": "job", "Reason": "reason"}))
 
     def statistics(self) -> Section:
+        min_n = min_prompts_for_significance(ALPHA)
         return Section("Statistics", [
-            f"Means carry {LEVEL:.0%} percentile-bootstrap CIs over answers (prompts × repeats, {N_BOOT} resamples, "
-            "seeded: re-collecting gives the same numbers). With fewer than ~20 answers the percentile bootstrap "
-            "is optimistic (too narrow); use `repeats=K` with a sampled generation for more answers.",
-            f"Δ = paired per-answer difference (build − baseline) matched by prompt and repeat; "
-            f"{NOT_DISTINCT} marks a Δ whose CI includes 0, i.e. not distinguishable from the baseline.",
-            "The matrix (matrix.csv) holds every CI as `<metric>_lo`/`<metric>_hi` and every Δ as "
-            "`d_<metric>`, `d_<metric>_lo`, `d_<metric>_hi`, `d_<metric>_sig`."])
+            f"Means carry {LEVEL:.0%} percentile-bootstrap CIs over **prompts** ({N_BOOT} resamples, seeded): all "
+            "repeats and judge repeats of a prompt move together, since answers to one prompt are not independent. "
+            f"No interval is given from fewer than {MIN_PROMPTS_FOR_CI} prompts (the n is shown instead).",
+            f"Δ = per-prompt paired difference (build − baseline, matched by prompt and repeat), averaged over prompts. "
+            f"Significance comes from an exact sign-flip permutation test over prompts, Holm-adjusted within each "
+            f"family ({'; '.join(', '.join(m) for m in FAMILIES.values())}); {NOT_DISTINCT} marks a Δ that is not "
+            f"significant at {ALPHA:g}. With fewer than {min_n} prompts no Δ can be significant (the test's smallest "
+            "p-value is 2/2ⁿ).",
+            *self._detection_limits(),
+            "The matrix (matrix.csv) holds every CI as `<metric>_lo`/`<metric>_hi` and every Δ as `d_<metric>` with "
+            "`_lo`, `_hi`, `_p` (unadjusted), `_sig` (Holm), `_mdd` (minimum detectable difference) and `_n` (prompts)."])
+
+    def _detection_limits(self) -> list[str]:
+        """Per metric, the smallest difference this sweep could have detected (so ≈ is read correctly)."""
+        out = []
+        for metric in [m for ms in FAMILIES.values() for m in ms]:
+            col = f"d_{metric}_mdd"
+            if col not in self.ok or self.ok[col].dropna().empty:
+                continue
+            values = self.ok[col].dropna()
+            finite = values[np.isfinite(values)]
+            span = (f"{fmt(finite.min())}" + (f" to {fmt(finite.max())}" if finite.max() > finite.min() else "")
+                    if len(finite) else "none (too few prompts)")
+            out.append(f"Detection limit `{metric}`: the smallest difference this sweep could detect with "
+                       f"{POWER:.0%} power is {span}; a smaller true difference may be hidden behind {NOT_DISTINCT}.")
+        return out
 
     def _plot_caption(self) -> str:
         y = "judge overall" if self.judged else "KLD vs the reference (lower is better)"
@@ -431,13 +511,14 @@ def _markdown(sections: list[Section], title: str) -> str:
     return "\n".join(out)
 
 
-def _inline(text: str) -> str:
+def _inline(text: str) -> markupsafe.Markup:
+    """Escape, then turn **bold** and `code` into tags."""
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return markupsafe.Markup(re.sub(r"`(.+?)`", r"<code>\1</code>", text))
 
 
-HTML = jinja2.Template("""<!doctype html>
+HTML = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
 <html><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }
@@ -449,7 +530,7 @@ img { max-width: 100%; }
 <h1>{{ title }}</h1>
 {% for s in sections %}<h2>{{ s.title }}</h2>
 {% for p in s.text %}<p>{{ inline(p) }}</p>
-{% endfor %}{% if s.table is not none %}{{ s.table.to_html(index=False, border=0) }}
+{% endfor %}{% if s.table is not none %}{{ s.table.to_html(index=False, border=0) | safe }}
 {% endif %}{% if s.image and png %}<img alt="{{ s.title }}" src="data:image/png;base64,{{ png }}">
 {% endif %}{% endfor %}</body></html>
 """)

@@ -54,9 +54,15 @@ class Entry:
     cache_hit: bool
 
 
+_REFRESHED: set[tuple[str, str, str]] = set()  # (root, kind, key) recomputed by this process: recompute once
+
+
 class Store:
-    def __init__(self, root: str | Path):
+    """`refresh`: kinds whose existing entries are recomputed (once per process) instead of reused."""
+
+    def __init__(self, root: str | Path, refresh: frozenset[str] = frozenset()):
         self.root = Path(root)
+        self.refresh = frozenset(refresh)
         try:
             ensure_writable(self.root)
         except OSError as e:
@@ -65,8 +71,13 @@ class Store:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def _must_refresh(self, kind: str, key: str) -> bool:
+        return kind in self.refresh and (str(self.root), kind, key) not in _REFRESHED
+
     def lookup(self, kind: str, payload: Any) -> Entry | None:
         key = hash_payload(payload)
+        if self._must_refresh(kind, key):
+            return None
         final = self.path(kind, key)
         manifest = final / "manifest.json"
         if manifest.exists():
@@ -100,9 +111,10 @@ class Store:
                 raise
             manifest = {"kind": kind, "key": key, "payload": payload, "build_s": time.perf_counter() - t0, **extra}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-            if final.exists():  # a leftover without manifest (crash between rename and manifest is impossible)
+            if final.exists():  # a refreshed entry, or a leftover without manifest
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            _REFRESHED.add((str(self.root), kind, key))
             self._log_build(kind, key, manifest["build_s"])
             return Entry(key, final, manifest, False)
 

@@ -1,14 +1,18 @@
-"""Statistics columns for the matrix: bootstrap CIs of per-cell means and paired deltas vs the baseline cell.
+"""Statistics columns for the matrix: prompt-level CIs of per-cell means and paired deltas vs the baseline cell.
 
-Every CI is a seeded percentile bootstrap over a cell's answers (prompts × repeats), so re-collecting
-gives identical numbers. Paired deltas (cell − baseline) pair answers by (prompt id, repeat); repeat r
-of every cell used seed + r, so pairs share their sampler seed.
+Every CI is a seeded percentile bootstrap over prompts (all repeats and judge repeats of a prompt move
+together), so re-collecting gives identical numbers; see runner/metrics/stats.py for the rules. Paired
+deltas (cell − baseline) pair answers by (prompt id, repeat): repeat r of every cell used seed + r.
 
 Column names, for a metric `m` of the matrix:
-  m_lo, m_hi                       95% CI of the cell's mean (ratio of sums for gen_tps / prompt_tps;
-                                   kld_mean: mean ± z·SE from the record, per-token KLDs are not stored)
-  d_m, d_m_lo, d_m_hi, d_m_sig     mean paired difference vs the baseline cell, its CI, and whether the
-                                   CI excludes 0 (False = not distinguishable from the baseline)
+  m_lo, m_hi          95% CI of the cell's mean; empty below 3 prompts (kld_mean: mean ± z·SE from
+                      per-chunk means, empty below 3 chunks)
+  n_prompts           prompts with an answer; overall_<category>_n: prompts of that category
+  d_m, d_m_lo, d_m_hi mean per-prompt difference vs the baseline cell and its CI
+  d_m_p               exact sign-flip test p-value over prompts (unadjusted)
+  d_m_sig             Holm-adjusted p ≤ 0.05 within the metric's family (judge criteria together; each
+                      speed metric alone); never true below 6 prompts
+  d_m_mdd             minimum detectable difference (80% power): smaller true differences could be missed
 """
 
 from __future__ import annotations
@@ -22,25 +26,29 @@ from typing import Any
 
 import numpy as np
 
+from runner.host import measured_on
+from runner.identity import answer_key, find_baseline
 from runner.judges.rubric import CRITERIA
 from runner.judging import all_judgments
-from runner.metrics.stats import bootstrap_ci, paired_delta
+from runner.metrics.stats import (MIN_PROMPTS_FOR_CI, cluster_mean_ci, cluster_ratio_ci, holm,
+                                  min_prompts_for_significance, paired_prompt_delta)
 from runner.records import CellRecord, PromptResult
-from runner.speed import decode_tokens_and_seconds
+from runner.speed import comparable, decode_tokens_and_seconds
 
 N_BOOT = 2000
 LEVEL = 0.95
-NON_CONTEXT_KEYS = ("format", "precision")  # overrides that may differ between a cell and its baseline
+ALPHA = 1.0 - LEVEL
+Getter = Callable[[PromptResult], float]
 
 
-def _score(criterion: str) -> Callable[[PromptResult], float]:
+def _score(criterion: str) -> Getter:
     def get(r: PromptResult) -> float:  # mean over judge repeats
         scores = [j.scores[criterion] for j in all_judgments(r) if j.scores is not None]
         return float(np.mean(scores)) if scores else math.nan
     return get
 
 
-def _agreement(key: str) -> Callable[[PromptResult], float]:
+def _agreement(key: str) -> Getter:
     return lambda r: float(r.agreement[key]) if r.agreement else math.nan
 
 
@@ -50,7 +58,7 @@ def _answer_gen_tps(r: PromptResult) -> float:
 
 
 # Per-answer values whose plain mean is the matrix column.
-MEANS: dict[str, Callable[[PromptResult], float]] = {
+MEANS: dict[str, Getter] = {
     **{c: _score(c) for c in CRITERIA},
     "answer_agreement": _agreement("exact"),
     "answer_similarity": _agreement("token_similarity"),
@@ -58,7 +66,7 @@ MEANS: dict[str, Callable[[PromptResult], float]] = {
     "ttft_s": lambda r: r.generation.ttft_s,
     "mean_tokens": lambda r: float(r.generation.completion_tokens),
 }
-
+SPEED = {"s_per_prompt", "ttft_s", "gen_tps", "prompt_tps"}  # NaN for answers measured elsewhere
 
 # (numerator, denominator) per answer whose ratio of sums is the matrix column (as in runner/speed.py).
 RATIOS: dict[str, Callable[[PromptResult], tuple[float, float]]] = {
@@ -66,81 +74,76 @@ RATIOS: dict[str, Callable[[PromptResult], tuple[float, float]]] = {
     "prompt_tps": lambda r: (r.generation.prompt_tokens, r.generation.ttft_s),
 }
 
-# Per-answer values paired against the baseline cell.
-DELTAS: dict[str, Callable[[PromptResult], float]] = {
-    **{c: _score(c) for c in CRITERIA},
-    "gen_tps": _answer_gen_tps,
-    "s_per_prompt": MEANS["s_per_prompt"],
-}
+# Per-answer values paired against the baseline cell, by family (Holm adjusts within a family).
+DELTAS: dict[str, Getter] = {**{c: _score(c) for c in CRITERIA}, "gen_tps": _answer_gen_tps,
+                             "s_per_prompt": MEANS["s_per_prompt"]}
+FAMILIES: dict[str, tuple[str, ...]] = {"judge": CRITERIA, "gen_tps": ("gen_tps",), "s_per_prompt": ("s_per_prompt",)}
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
-             seed: int = 0) -> tuple[float, float, float]:
-    """(sum(num)/sum(den), lo, hi): percentile bootstrap resampling (num, den) pairs together."""
-    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    n = len(num)
-    if n == 0 or den.sum() <= 0:
-        return math.nan, math.nan, math.nan
-    point = float(num.sum() / den.sum())
-    if n == 1:
-        return point, point, point
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        reps = num[idx].sum(axis=1) / den[idx].sum(axis=1)
-    reps = reps[np.isfinite(reps)]
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
-    return point, float(lo), float(hi)
+def speed_tag(rec: CellRecord) -> str | None:
+    """Where this cell's speed counts as measured (None: an old record without host tags)."""
+    return measured_on(rec.host, rec.runtime.device) if rec.host and rec.runtime else None
 
 
-def _context(rec: CellRecord) -> tuple[Any, ...]:
-    """What a cell and its baseline share: everything but format and precision."""
-    c = rec.cell
-    rest = sorted(o for o in c.overrides if o.lstrip("+~").partition("=")[0] not in NON_CONTEXT_KEYS)
-    return c.model, c.generation, c.prompts, c.judge, tuple(rest)
+def _by_prompt(results: list[PromptResult], get: Getter, metric: str, tag: str | None) -> dict[str, list[float]]:
+    """Per prompt, the metric's value for each repeat (ordered by repeat); speed measured elsewhere is NaN."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in sorted(results, key=lambda r: (r.prompt_id, r.repeat)):
+        ok = metric not in SPEED or comparable(r.generation, tag)
+        out[r.prompt_id].append(get(r) if ok else math.nan)
+    return out
 
 
-def is_baseline(rec: CellRecord, baseline: str | None) -> bool:
-    return baseline is not None and f"{rec.cell.format}_{rec.cell.precision}" == baseline
-
-
-def find_baseline(rec: CellRecord, records: list[CellRecord], baseline: str | None) -> CellRecord | None:
-    """The ok baseline cell (e.g. `gguf_fp16`) of the same model, generation, prompts, judge and other overrides."""
-    ctx = _context(rec)
-    for other in records:
-        if other.status == "ok" and is_baseline(other, baseline) and _context(other) == ctx:
-            return other
-    return None
-
-
-def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, float]:
-    cols: dict[str, float] = {}
+def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
+    cols: dict[str, Any] = {"n_prompts": len({r.prompt_id for r in rec.results})}
+    tag = speed_tag(rec)
     for name, get in MEANS.items():
-        _, cols[f"{name}_lo"], cols[f"{name}_hi"] = bootstrap_ci([get(r) for r in rec.results], n_boot, level)
+        groups = list(_by_prompt(rec.results, get, name, tag).values())
+        _, cols[f"{name}_lo"], cols[f"{name}_hi"] = cluster_mean_ci(groups, n_boot, level)
     for name, get in RATIOS.items():
-        pairs = np.array([get(r) for r in rec.results], np.float64).reshape(-1, 2)
-        _, cols[f"{name}_lo"], cols[f"{name}_hi"] = ratio_ci(pairs[:, 0], pairs[:, 1], n_boot, level)
-    by_cat: dict[str, list[float]] = defaultdict(list)
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for r in rec.results:
+            if comparable(r.generation, tag):
+                num, den = get(r)
+                sums[r.prompt_id][0] += num
+                sums[r.prompt_id][1] += den
+        num, den = zip(*sums.values()) if sums else ((), ())
+        _, cols[f"{name}_lo"], cols[f"{name}_hi"] = cluster_ratio_ci(num, den, n_boot, level)
+    by_cat: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rec.results:
-        by_cat[r.category].append(MEANS["overall"](r))
-    for cat, values in sorted(by_cat.items()):
-        _, cols[f"overall_{cat}_lo"], cols[f"overall_{cat}_hi"] = bootstrap_ci(values, n_boot, level)
+        by_cat[r.category][r.prompt_id].append(MEANS["overall"](r))
+    for cat, prompts in sorted(by_cat.items()):
+        _, cols[f"overall_{cat}_lo"], cols[f"overall_{cat}_hi"] = cluster_mean_ci(list(prompts.values()), n_boot, level)
+        cols[f"overall_{cat}_n"] = len(prompts)
     f = rec.fidelity
     z = NormalDist().inv_cdf((1 + level) / 2)
-    cols["kld_mean_lo"] = max(f.kld_mean - z * f.kld_se, 0.0) if f else math.nan  # normal approx., KLD ≥ 0
-    cols["kld_mean_hi"] = f.kld_mean + z * f.kld_se if f else math.nan
+    enough = f is not None and f.n_chunks >= MIN_PROMPTS_FOR_CI and math.isfinite(f.kld_se)
+    cols["kld_mean_lo"] = max(f.kld_mean - z * f.kld_se, 0.0) if enough else math.nan  # normal approx., KLD ≥ 0
+    cols["kld_mean_hi"] = f.kld_mean + z * f.kld_se if enough else math.nan
     return cols
 
 
 def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
-    base_by_key = {(r.prompt_id, r.repeat): r for r in base.results}
-    pairs = [(base_by_key[(r.prompt_id, r.repeat)], r) for r in rec.results if (r.prompt_id, r.repeat) in base_by_key]
+    shared = {answer_key(r) for r in rec.results} & {answer_key(r) for r in base.results}
+    mine = [r for r in rec.results if answer_key(r) in shared]
+    theirs = [r for r in base.results if answer_key(r) in shared]
     cols: dict[str, Any] = {}
     for name, get in DELTAS.items():
-        d = paired_delta([get(b) for b, _ in pairs], [get(c) for _, c in pairs], n_boot, level)
+        d = paired_prompt_delta(_by_prompt(theirs, get, name, speed_tag(base)),
+                                _by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
         cols.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"],
-                     f"d_{name}_sig": d["distinguishable"] if d["n"] else None})
+                     f"d_{name}_p": d["p"], f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
     return cols
+
+
+def _significance(rows: list[dict[str, Any]], alpha: float) -> None:
+    """d_m_sig: Holm-adjusted p ≤ alpha within each family, never below the smallest n that could reach it."""
+    min_n = min_prompts_for_significance(alpha)
+    for metrics in FAMILIES.values():
+        cells = [(row, m) for row in rows for m in metrics if f"d_{m}_p" in row]
+        adjusted = holm([row[f"d_{m}_p"] for row, m in cells])
+        for (row, m), p_adj in zip(cells, adjusted):
+            row[f"d_{m}_sig"] = None if math.isnan(p_adj) else bool(p_adj <= alpha and row[f"d_{m}_n"] >= min_n)
 
 
 def stat_columns(records: list[CellRecord], baseline: str | None, n_boot: int = N_BOOT,
@@ -156,6 +159,7 @@ def stat_columns(records: list[CellRecord], baseline: str | None, n_boot: int = 
         if base is not None and base is not rec:
             cols.update(_delta_columns(rec, base, n_boot, level))
         rows.append(cols)
+    _significance(rows, 1.0 - level)
     return rows
 
 
@@ -191,3 +195,20 @@ def judge_noise(records: list[CellRecord]) -> JudgeNoise | None:
     if not diffs:
         return None
     return JudgeNoise(n_groups, n_judgments, float(np.mean(diffs)), float(np.max(diffs)))
+
+
+def parallel_cells(records: list[CellRecord]) -> list[CellRecord]:
+    """Cells that generated answers while another cell of the sweep was running on the same machine."""
+    out = []
+    for rec in records:
+        gen = rec.windows.get("generate")
+        if not gen or rec.host is None or all(r.cache_hit for r in rec.results):
+            continue
+        for other in records:
+            w = other.windows.get("cell")
+            same_machine = other.host is not None and (other.host.hostname, other.host.fingerprint) == (
+                rec.host.hostname, rec.host.fingerprint)
+            if other is not rec and w and same_machine and w[0] < gen[1] and gen[0] < w[1]:
+                out.append(rec)
+                break
+    return out

@@ -97,3 +97,64 @@ def test_sampling_is_seeded_and_follows_the_contract(env, fmt):
         assert run() == first
         assert any(run(seed=s) != first for s in (8, 9, 10))
         assert run(top_k=1) == base.generate(session, ids, GREEDY, stop_ids).token_ids[:24]
+
+
+def test_gguf_evaluates_every_prompt_from_an_empty_context(env):
+    """llama.cpp's generate(reset=True) would reuse the KV prefix of the previous call: every call must
+    evaluate its whole prompt, so repeats are timed like first runs and outputs do not depend on call order."""
+    store, model_dir, source, renderer, stop_ids, prompts = env
+    backend, fmt_cfg = get_backend("gguf"), group("format", "gguf")
+    art = backend.prepare(model_dir, source, group("precision", "fp16"), fmt_cfg, store)
+    ids = renderer.render(prompts[2].prompt).token_ids
+    with backend.load(art, fmt_cfg) as session:
+        evaluated: list[int] = []
+        original = session.llm.eval
+        session.llm.eval = lambda tokens: (evaluated.append(len(tokens)), original(tokens))[1]
+        first = base.generate(session, ids, GREEDY, stop_ids)
+        other = base.generate(session, renderer.render(prompts[3].prompt).token_ids, GREEDY, stop_ids)
+        again = base.generate(session, ids, GREEDY, stop_ids)
+    prompt_evals = [n for n in evaluated if n > 1]
+    assert prompt_evals.count(len(ids)) == 2, prompt_evals  # the repeat evaluated its full prompt again
+    assert again.token_ids == first.token_ids and other.token_ids
+
+
+def test_unmeasurable_speed_is_nan_never_zero(env):
+    store, model_dir, source, renderer, stop_ids, prompts = env
+    backend, fmt_cfg = get_backend("gguf"), group("format", "gguf")
+    art = backend.prepare(model_dir, source, group("precision", "fp16"), fmt_cfg, store)
+    one = SamplerParams(**{**GREEDY.__dict__, "max_tokens": 1})
+    with backend.load(art, fmt_cfg) as session:
+        gen = base.generate(session, renderer.render(prompts[0].prompt).token_ids, one, stop_ids)
+    assert gen.completion_tokens == 1 and np.isnan(gen.gen_tps)  # one token: no decode time to divide by
+    from runner.speed import speed_stats
+    from runner.records import PromptResult
+
+    stats = speed_stats([PromptResult("p", "c", 0, "t", None, "r", "sha", "k", gen, "a")])
+    assert np.isnan(stats.gen_tps) and stats.s_per_prompt > 0
+
+
+def test_runtime_is_resolved_on_this_host(env):
+    """`auto` never reaches a record: device, dtype, threads and GPU layers are what ran."""
+    import os
+
+    import llama_cpp
+
+    store, model_dir, source, *_ = env
+    gguf, mlx = get_backend("gguf"), get_backend("mlx")
+    g_cfg, m_cfg = group("format", "gguf"), group("format", "mlx")
+    assert g_cfg["n_gpu_layers"] == "auto" and g_cfg["n_threads"] == "auto"
+    g_art = gguf.prepare(model_dir, source, group("precision", "fp16"), g_cfg, store)
+    m_art = mlx.prepare(model_dir, source, group("precision", "4bit"), m_cfg, store)
+    g, m = gguf.runtime(g_cfg, g_art), mlx.runtime(m_cfg, m_art)
+    offload = llama_cpp.llama_supports_gpu_offload()
+    assert g.settings["n_gpu_layers"] == (-1 if offload else 0) and g.device == ("cpu" if not offload else g.device)
+    cores = os.cpu_count()
+    assert g.settings["n_threads"] == (1 if cores <= 2 else cores // 2) and g.settings["n_threads_batch"] == cores
+    import mlx.core as mx
+
+    on_cpu = mx.default_device() == mx.cpu
+    assert m.device == ("cpu" if on_cpu else m.device) and m.compute_dtype == ("float32" if on_cpu else "float16")
+    assert gguf.runtime({**g_cfg, "n_gpu_layers": 0}, g_art).device == "cpu"
+    assert mlx.runtime({**m_cfg, "compute_dtype": "model"}, m_art).compute_dtype == "float16"  # the tiny model's
+    with pytest.raises(ValueError, match="n_gpu_layers"):
+        gguf.runtime({**g_cfg, "n_gpu_layers": "most"}, g_art)

@@ -121,5 +121,16 @@ def test_unwritable_outputs_dir(tmp_path):
 def test_secret_on_the_command_line_is_refused_before_anything_is_written(tmp_path):
     proc = run_runner(["judge=openai", "judge.api_key=sk-live-abc123", *NO_FID], tmp_path)
     assert proc.returncode == 2
-    assert "judge.api_key given on the command line" in proc.stderr
+    assert "judge.api_key: a secret key (judge.api_key) given on the command line" in proc.stderr
     assert not any("sk-live-abc123" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_failing_matrix_at_the_end_of_a_sweep_exits_1_with_one_clear_line(tmp_path):
+    """Hydra swallows exceptions raised in its callbacks: the runner must not exit 0 without a matrix."""
+    sweep = tmp_path / "sweep"
+    (sweep / "matrix.csv").mkdir(parents=True)  # the matrix cannot be written there
+    proc = run_runner(["-m", "format=gguf", f"hydra.sweep.dir={sweep}", *NO_FID], tmp_path)
+    assert proc.returncode == 1, output(proc)[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "building the matrix and report" in errors[0] and "matrix.csv" in errors[0]
+    assert read_cell_record(sweep / "0" / "result.json").status == "ok"  # the cell's work is kept

@@ -55,9 +55,13 @@ def test_reference_computed_once_per_sweep(fidelity_sweep):
 
 def test_records_carry_fidelity_and_answer_agreement(fidelity_sweep):
     sweep, df = fidelity_sweep
-    for col in ("kld_mean", "kld_se", "kld_p99", "top1_pct", "ppl", "dppl", "answer_agreement"):
+    for col in ("kld_mean", "kld_se", "kld_p99", "top1_pct", "ppl", "dppl"):
         assert df[col].notna().all(), col
-    rec = read_cell_record(next(p for p in sweep.glob("*/result.json") if read_cell_record(p).status == "ok"))
+    # answer agreement compares with the baseline's answers: the baseline itself has none (no self-grading)
+    assert df["answer_agreement"].drop(("gguf", "fp16")).notna().all()
+    assert pd.isna(df.loc[("gguf", "fp16")].answer_agreement)
+    rec = read_cell_record(next(p for p in sweep.glob("*/result.json") if read_cell_record(p).status == "ok"
+                                and read_cell_record(p).cell.precision != "fp16"))
     assert rec.fidelity.n_tokens == 6 * 255 and rec.fidelity.reference == "gguf_fp16"
     assert all(r.agreement and set(r.agreement) >= {"exact", "token_similarity"} for r in rec.results)
 
@@ -84,3 +88,24 @@ def test_eval_text_shorter_than_a_chunk(tmp_path):
                       tmp_path)
     assert proc.returncode == 1
     assert "shorter than one chunk" in proc.stdout + proc.stderr and "short.txt" in proc.stdout + proc.stderr
+
+
+def test_top_k_kld_is_a_lower_bound_of_the_exact_one(tmp_path):
+    """`fidelity.top_k=all` keeps the full vocabulary (exact KLD); top-K plus a tail bucket never exceeds it."""
+    klds = {}
+    for k in ("16", "all"):
+        proc = run_runner(["format=gguf", "precision=q4_0", *FID, f"fidelity.top_k={k}", f"hydra.run.dir={tmp_path}/{k}"],
+                          tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rec = read_cell_record(tmp_path / k / "result.json")
+        assert rec.fidelity.top_k == (None if k == "all" else int(k))
+        klds[k] = rec.fidelity.kld_mean
+        assert str(pd.read_csv(tmp_path / k / "matrix.csv").kld_top_k[0]) == k
+    assert 0 < klds["16"] <= klds["all"] * (1 + 1e-6)
+
+
+def test_bad_top_k_is_one_clear_error(tmp_path):
+    proc = run_runner(["format=gguf", "precision=q4_0", *FID, "fidelity.top_k=most"], tmp_path)
+    assert proc.returncode == 1
+    assert "fidelity.top_k must be a positive integer or all, got 'most'" in proc.stdout + proc.stderr
+    assert read_cell_record(next((tmp_path / "runs").glob("*/result.json"))).results == []  # before any work

@@ -82,7 +82,20 @@ def test_kld_grows_and_top1_falls_with_noise(logits, next_ids):
     assert top1[0] >= top1[1] >= top1[2] and top1[2] < top1[0]
     assert all(r.rms_dp > 0 for r in res)
     for r in res:
-        assert r.kld_median <= r.kld_p99 <= r.kld_max and r.kld_se > 0
+        assert r.kld_median <= r.kld_p99 <= r.kld_max
+        assert np.isnan(r.kld_se) and r.n_chunks == 1  # one chunk: its positions are correlated, no SE
+
+
+def test_kld_se_comes_from_chunk_means(logits, next_ids):
+    """Positions within a chunk are correlated: the SE is that of the per-chunk means, not of positions."""
+    ref = reference_from_logprobs(log_softmax(logits), 32, next_ids)
+    chunks = [chunk_stats(ref, perturbed(logits, s, seed=i), next_ids) for i, s in enumerate((0.01, 0.05, 0.2, 0.1))]
+    r = summarize(chunks, "fp16")
+    means = np.array([c.kld.mean() for c in chunks])
+    assert r.n_chunks == 4
+    assert r.kld_se == pytest.approx(means.std(ddof=1) / 2)
+    naive = np.concatenate([c.kld for c in chunks]).std(ddof=1) / np.sqrt(4 * len(next_ids))
+    assert r.kld_se > naive  # chunks that differ systematically widen the interval, as they should
 
 
 def test_uniform_ppl_is_vocab(next_ids):

@@ -32,9 +32,15 @@ def test_judged_sweep_with_faults(tmp_path):
         for col in ("overall", "accuracy", "coherence", "relevance", "overall_code", "judged", "judge_cost_usd",
                     "judge_model"):
             assert col in df.columns
-        assert (ok.judge_model == "gpt-4o-mini").all()
+        assert (ok.judge_model.drop(("gguf", "fp16")) == "gpt-4o-mini").all()
+        base = df.loc[("gguf", "fp16")]  # judge.reference=baseline: the baseline is never graded against itself
+        assert math.isnan(base.overall) and base.judged == "0/7" and "not graded against its own answers" in base.judge_note
+        assert df.loc[("gguf", "q4_0")].judge_reference == "baseline"
         for path in sweep.glob("*/result.json"):
             rec = read_cell_record(path)
+            if (rec.cell.format, rec.cell.precision) == ("gguf", "fp16"):
+                assert all(r.judgment is None for r in rec.results) and rec.judge_note
+                continue
             for r in rec.results:
                 j = r.judgment
                 assert j is not None and j.attempts >= 1

@@ -49,6 +49,11 @@ def sweep(judge_server, tmp_path_factory) -> Path:
     return path
 
 
+def store_builds(sweep_dir: Path, kind: str) -> list[dict]:
+    log = sweep_dir.parent.parent / "store" / "builds.jsonl"
+    return [row for row in map(json.loads, log.read_text().splitlines()) if row["kind"] == kind]
+
+
 def records(sweep_dir: Path) -> dict[int, object]:
     return {int(d.name): read_cell_record(d / "result.json") for d in sweep_dir.iterdir() if d.name.isdigit()}
 
@@ -69,18 +74,35 @@ def assert_same_generations_and_scores(old: dict, new: dict, judged: bool = True
         assert [r.generation.token_ids for r in new[job].results] == [r.generation.token_ids for r in rec.results]
         assert fidelity_scores(new[job]) == fidelity_scores(rec)
         if judged:
-            assert [r.judgment.scores for r in new[job].results] == [r.judgment.scores for r in rec.results]
+            def scores(results):
+                return [r.judgment and r.judgment.scores for r in results]
+            assert scores(new[job].results) == scores(rec.results)
 
 
-def test_reproduce_from_cache_gives_identical_generations_and_scores(sweep, tmp_path, capsys):
+def test_reproduce_regenerates_by_default_and_gets_identical_results(sweep, tmp_path, capsys):
     out = tmp_path / "again"
+    builds_before = len(store_builds(sweep, "generations"))
     assert main(["reproduce", str(sweep), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "greedy generations identical (7/7)" in printed and "judge scores identical" in printed
+    assert "greedy generations identical (7/7)" in printed and "nothing re-run" not in printed
     assert_same_generations_and_scores(records(sweep), records(out))
+    assert (matrix(out).loc[matrix(out)["status"] == "ok", "generations_cached"] == 0).all()  # re-run, not replayed
+    assert len(store_builds(sweep, "generations")) > builds_before and store_builds(sweep, "fidelity")
     assert (out / "reproduce.md").exists() and (out / "report.md").exists()
+    assert "Answers regenerated and fidelity recomputed." in (out / "reproduce.md").read_text()
     overrides = Path("0", ".hydra", "overrides.yaml")
     assert (out / overrides).read_text() == (sweep / overrides).read_text()
+
+
+def test_reproduce_from_cache_says_nothing_was_re_run(sweep, tmp_path, capsys):
+    out = tmp_path / "cached"
+    assert main(["reproduce", str(sweep), "--from-cache", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "reproduced from the caches, nothing re-run" in printed
+    assert "speed not re-measured (all generations from the cache)" in printed
+    ok = matrix(out)["status"] == "ok"
+    assert (matrix(out).loc[ok, "generations_cached"] == matrix(out).loc[ok, "n_answers"]).all()
+    assert_same_generations_and_scores(records(sweep), records(out))
 
 
 def test_reproduce_fresh_bypasses_the_caches(sweep, tmp_path, capsys):
@@ -94,10 +116,19 @@ def test_reproduce_fresh_bypasses_the_caches(sweep, tmp_path, capsys):
     assert_same_generations_and_scores(records(sweep), records(out), judged=False)
 
 
+def test_a_cell_that_was_ok_and_now_fails_is_a_failure(sweep, tmp_path, capsys):
+    broken = shutil.copytree(sweep, tmp_path / "broken", ignore=shutil.ignore_patterns("rejudge-*"))
+    config = broken / "1" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("max_tokens: 8", "max_tokens: 0"))
+    assert main(["reproduce", str(broken), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "✗ #1 gguf q4_0: – — differs: status ok → failed" in printed and "NOT reproduced" in printed
+
+
 def test_rejudge_with_no_judge_empties_judge_columns_only(sweep):
     assert main(["rejudge", str(sweep), "judge=none"]) == 0
     old, new = matrix(sweep), matrix(sweep / "rejudge-none")
-    assert old.loc[old["status"] == "ok", "overall"].notna().all()
+    assert old.loc[(old["status"] == "ok") & (old.index != 0), "overall"].notna().all()  # 0: the baseline
     assert new[JUDGE].isna().all().all() and (new["judge"] == "none").all()
     pd.testing.assert_frame_equal(old[FIDELITY_SPEED], new[FIDELITY_SPEED])
     rec = read_cell_record(sweep / "rejudge-none" / "1" / "result.json")
@@ -118,9 +149,9 @@ def test_rejudge_with_another_rubric_setting(sweep):
 def test_rejudge_drops_every_old_verdict_including_judge_repeats(sweep, tmp_path):
     repeated, none = tmp_path / "repeated", tmp_path / "none"
     assert main(["rejudge", str(sweep), "judge.repeats=2", "--out", str(repeated)]) == 0
-    assert all(len(r.judge_repeats) == 1 for r in read_cell_record(repeated / "0" / "result.json").results)
+    assert all(len(r.judge_repeats) == 1 for r in read_cell_record(repeated / "1" / "result.json").results)
     assert main(["rejudge", str(repeated), "judge=none", "--out", str(none)]) == 0
-    rec = read_cell_record(none / "0" / "result.json")
+    rec = read_cell_record(none / "1" / "result.json")
     assert all(r.judgment is None and r.judge_repeats == [] for r in rec.results)
 
 
@@ -157,9 +188,12 @@ def test_report_and_statistics_of_the_real_sweep(sweep):
     assert (sweep / "pareto.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     m = matrix(sweep)
     ok = m[m["status"] == "ok"]
-    assert (ok["overall_lo"] <= ok["overall"]).all() and (ok["overall"] <= ok["overall_hi"]).all()
+    graded = ok.drop(index=0)  # job 0 is the baseline: with judge.reference=baseline it is not graded by itself
+    assert math.isnan(m.loc[0, "overall"]) and "not graded against its own answers" in m.loc[0, "judge_note"]
+    assert (graded["overall_lo"] <= graded["overall"]).all() and (graded["overall"] <= graded["overall_hi"]).all()
     assert (ok["gen_tps_lo"] <= ok["gen_tps"]).all() and (ok["gen_tps"] <= ok["gen_tps_hi"]).all()
-    assert math.isnan(m.loc[0, "d_overall"]) and not math.isnan(m.loc[1, "d_overall"])  # job 0 is the baseline
+    assert math.isnan(m.loc[1, "d_overall"]) and not math.isnan(m.loc[1, "d_gen_tps"])  # no baseline score to pair
+    assert "**The baseline is not graded against itself**" in md
 
 
 def test_bad_sweep_dirs_give_one_clear_error(sweep, tmp_path, capsys):
@@ -174,7 +208,7 @@ def test_bad_sweep_dirs_give_one_clear_error(sweep, tmp_path, capsys):
 
     old = shutil.copytree(sweep, tmp_path / "old", ignore=shutil.ignore_patterns("rejudge-*"))
     result = old / "2" / "result.json"
-    result.write_text(result.read_text().replace('"schema_version": 1', '"schema_version": 0'))
+    result.write_text(result.read_text().replace('"schema_version": 2', '"schema_version": 0'))
     assert main(["rejudge", str(old), "judge=none"]) == 2
     assert f"{result}: record schema_version 0" in capsys.readouterr().err
 

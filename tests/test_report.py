@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -18,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def sweep_records(judged: bool = True, max_tokens_of_q8: int = 8, q4_overall: float = 7):
     def results(overall: float, gen_tps: float, agreement: float = 1.0):
         return [answer(f"p{i}", 0, overall + (i % 3 - 1) if judged else None, gen_tps=gen_tps + i,
-                       agreement=agreement) for i in range(6)]
+                       agreement=agreement) for i in range(12)]
     return [
         cell_record("gguf", "fp16", results(7, 100), job=0, kld=0.0, size_gb=16.0),
         cell_record("gguf", "q8_0", results(7, 150), job=1, kld=0.004, top1=97.0, size_gb=8.5,
@@ -88,3 +89,67 @@ def test_sweep_without_ok_cells_still_reports(tmp_path, status):
     records = [cell_record("gguf", "fp16", [], status=status, reason="why")]
     md = report(tmp_path, records)
     assert f"| gguf fp16 | {status}" in md and "why" in md
+
+
+def with_runtime(records, devices):
+    from runner.records import HostInfo, RuntimeInfo
+
+    host = HostInfo("fp", "Some CPU", 8, None, "Darwin-arm64", "mac")
+    for rec, device in zip(records, devices):
+        if rec.status == "ok":
+            rec.host, rec.runtime = host, RuntimeInfo(device, "float32" if device == "cpu" else "float16")
+    return records
+
+
+def test_cells_of_one_model_on_different_devices_are_flagged_loudly(tmp_path):
+    md = report(tmp_path, with_runtime(sweep_records(), ["cpu", "cpu", "cpu", "metal"]))
+    assert "⚠️ **DEVICE MISMATCH (tiny)**: cells ran on cpu, metal" in md
+    assert "mlx fp16: metal (float16)" in md
+    same = report(tmp_path, with_runtime(sweep_records(), ["cpu"] * 4))
+    assert "DEVICE MISMATCH" not in same and "Devices (tiny): gguf fp16: cpu (float32)" in same
+
+
+def test_stale_and_parallel_speed_are_flagged(tmp_path):
+    records = with_runtime(sweep_records(), ["cpu"] * 4)
+    records[1].speed.stale_answers = 3
+    records[2].speed.parallel_jobs = 2
+    md = report(tmp_path, records)
+    assert "⚠️ **STALE SPEED**: gguf q8_0" in md
+    assert "⚠️ **SPEED NOT COMPARABLE**: gguf q4_0 were measured while other cells ran" in md
+
+
+def test_baseline_reference_mode_is_explained_and_not_self_graded(tmp_path):
+    records = sweep_records()
+    for rec in records:
+        rec.judge_reference = "baseline"
+    base = records[0]
+    for r in base.results:
+        r.judgment = None
+    base.judge_note = "baseline cell: not graded against its own answers (judge.reference=baseline)"
+    md = report(tmp_path, records)
+    assert "**The baseline is not graded against itself**" in md
+    assert "The judge is not part of the recommendation" in md
+    assert "baseline cell: not graded against its own answers" in md
+
+
+def test_html_escapes_everything_from_the_sweep(tmp_path):
+    evil = tmp_path / "<script>alert(1)<script>"
+    evil.mkdir()
+    records = sweep_records()
+    records[5].reason = "<img src=x onerror=alert(2)>"
+    write_report(build_matrix(records, baseline="gguf_fp16"), records, evil, baseline="gguf_fp16")
+    html = (evil / "report.html").read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;script&gt;" in html
+    assert "<img src=x" not in html and "<strong>" in html  # our own markup still renders
+
+
+def test_matrix_md_shows_the_headline_columns_and_csv_keeps_all(tmp_path):
+    from runner.collect import HEADLINE, write_matrix
+
+    df = build_matrix(sweep_records(), baseline="gguf_fp16")
+    write_matrix(df, tmp_path)
+    header = (tmp_path / "matrix.md").read_text().splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == list(HEADLINE)
+    rows = (tmp_path / "matrix.md").read_text()
+    assert re.search(r"\| gguf q8_0 +\| ok ", rows) and "nan" not in rows
+    assert len(df.columns) > 60 and (tmp_path / "matrix.csv").read_text().splitlines()[0].count(",") == len(df.columns) - 1

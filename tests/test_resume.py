@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -43,6 +44,8 @@ def test_joblib_launcher_runs_cells_in_parallel_and_converts_once(tmp_path):
     df = pd.read_csv(sweep_dirs(tmp_path)[0] / "matrix.csv")
     assert list(df.status) == ["ok"] * 3
     assert len(Store(tmp_path / "store").builds("gguf-base")) == 1
+    assert (df.parallel_jobs == 2).all() and (df.speed_parallel_jobs == 2).all()  # speed measured two at a time
+    assert "⚠️ **SPEED NOT COMPARABLE**" in (sweep_dirs(tmp_path)[0] / "report.md").read_text()
 
 
 def test_killed_sweep_reruns_to_completion(tmp_path):
@@ -77,3 +80,20 @@ def test_file_digests_are_memoized_and_follow_content(tmp_path):
     assert first == content_hash(model) and "a.bin" in (tmp_path / "store" / "digests.json").read_text()
     (model / "a.bin").write_bytes(b"two!")  # new size and mtime: digested again
     assert content_hash(model, store) != first
+
+
+def test_cached_speed_from_another_host_is_stale_not_reused(tmp_path):
+    """Answers are reused from the store, but speed measured on other hardware is left out and flagged."""
+    args = ["format=gguf", *FAST, "fidelity.enabled=false"]
+    assert run_runner(args, tmp_path).returncode == 0
+    for manifest in (tmp_path / "store" / "generations").glob("*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        data["record"]["measured_on"] = "0123456789abcdef/metal"  # as if generated on a Mac
+        manifest.write_text(json.dumps(data))
+    proc = run_runner(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = sorted((tmp_path / "runs").iterdir())[-1]
+    row = pd.read_csv(run / "matrix.csv").iloc[0]
+    assert row.generations_cached == 7 and row.speed_stale_answers == 7
+    assert pd.isna(row.gen_tps) and pd.isna(row.s_per_prompt) and row.mean_tokens > 0  # tokens still count
+    assert "⚠️ **STALE SPEED**: gguf fp16" in (run / "report.md").read_text()

@@ -1,15 +1,18 @@
-"""Statistics columns on synthetic records: bootstrap CIs, paired deltas vs the baseline cell, judge noise."""
+"""Statistics columns on synthetic records: prompt-level CIs, paired deltas vs the baseline cell, judge noise."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 
+from runner.identity import find_baseline
 from runner.records import (ArtifactInfo, CellIdentity, CellRecord, FidelityResult, Generation, GenerationContract,
-                            Judgment, PromptResult, SamplerParams)
+                            HostInfo, Judgment, PromptResult, RuntimeInfo, SamplerParams)
 from runner.speed import speed_stats
-from runner.summary import find_baseline, judge_noise, ratio_ci, stat_columns
+from runner.summary import judge_noise, parallel_cells, stat_columns
 
 CATEGORIES = ("code", "factual")
 
@@ -40,7 +43,7 @@ def cell_record(fmt: str, precision: str, results: list[PromptResult], *, job: i
         return CellRecord(cell=ident, status=status, reason=reason)
     fidelity = None if kld is None else FidelityResult(
         reference="gguf_fp16", n_tokens=1000, kld_mean=kld, kld_se=kld / 10, kld_median=kld, kld_p99=3 * kld,
-        kld_max=5 * kld, top1_pct=top1, ppl=10.0 + kld, ref_ppl=10.0, dppl=kld, rms_dp=kld)
+        kld_max=5 * kld, top1_pct=top1, ppl=10.0 + kld, ref_ppl=10.0, dppl=kld, rms_dp=kld, n_chunks=4)
     return CellRecord(
         cell=ident, status="ok",
         artifact=ArtifactInfo(key=f"{fmt}-{precision}", path="/x", size_bytes=int(size_gb * 1e9),
@@ -73,12 +76,6 @@ def test_ci_contains_the_mean_and_shrinks_with_more_repeats():
     assert widths[0] > widths[1] > widths[2] > 0
 
 
-def test_ratio_ci_resamples_pairs_together():
-    point, lo, hi = ratio_ci(np.array([10.0, 20, 30, 40]), np.array([1.0, 2, 3, 4]))
-    assert point == lo == hi == 10.0  # every resample has the same ratio
-    assert all(math.isnan(x) for x in ratio_ci(np.array([]), np.array([])))
-
-
 def test_paired_deltas_vs_the_baseline_cell():
     base = noisy_cell("gguf", "fp16", prompts=10, repeats=3, seed=1, job=0)
     better = noisy_cell("gguf", "q8_0", prompts=10, repeats=3, seed=1, shift=3, job=1)  # same noise, +3 overall
@@ -88,12 +85,70 @@ def test_paired_deltas_vs_the_baseline_cell():
     records = [base, better, same, other_gen]
     cols = stat_columns(records, baseline="gguf_fp16")
     assert "d_overall" not in cols[0]  # the baseline itself
-    assert cols[1]["d_overall_sig"] is True and 2 < cols[1]["d_overall"] <= 3
+    assert cols[1]["d_overall_sig"] is True and 2 < cols[1]["d_overall"] <= 3 and cols[1]["d_overall_n"] == 10
+    assert cols[1]["d_overall_p"] <= 2 / 2 ** 10 + 1e-12 and 0 <= cols[1]["d_overall_mdd"] < 3
     assert cols[1]["d_overall_lo"] <= cols[1]["d_overall"] <= cols[1]["d_overall_hi"]
     assert cols[2]["d_overall"] == 0 and cols[2]["d_overall_sig"] is False
     assert cols[2]["d_gen_tps"] == 0 and cols[2]["d_gen_tps_sig"] is False
     assert "d_overall" not in cols[3]  # no baseline cell with its generation config in the sweep
     assert find_baseline(other_gen, records, "gguf_fp16") is None
+
+
+def test_no_significance_below_six_prompts_and_no_interval_below_three():
+    base = noisy_cell("gguf", "fp16", prompts=5, repeats=4, seed=1, job=0)
+    better = noisy_cell("gguf", "q8_0", prompts=5, repeats=4, seed=1, shift=4, job=1)
+    (_, cols) = stat_columns([base, better], baseline="gguf_fp16")
+    assert cols["d_overall"] > 3 and cols["d_overall_p"] == 2 / 2 ** 5
+    assert cols["d_overall_sig"] is False and cols["d_overall_mdd"] == math.inf  # 5 prompts cannot reach 0.05
+    two = noisy_cell("gguf", "q4_0", prompts=2, repeats=20, job=2)
+    (cols,) = stat_columns([two], baseline=None)
+    assert cols["n_prompts"] == 2 and math.isnan(cols["overall_lo"]) and math.isnan(cols["gen_tps_lo"])
+    assert cols["overall_code_n"] == 1 and math.isnan(cols["overall_code_lo"])
+
+
+def test_holm_correction_across_cells_and_criteria():
+    """A Δ significant on its own is not once many cells × criteria are tested together."""
+    def build(precision: str, job: int, overall: int) -> CellRecord:
+        results = [answer(f"p{i}", 0, 5) for i in range(8)]
+        for r in results:
+            r.judgment.scores["overall"] = overall  # only `overall` moves; the other criteria stay at 5
+        return cell_record("gguf", precision, results, job=job)
+
+    base = build("fp16", 0, 5)
+    cells = [build(f"q{k}", k, 6) for k in range(1, 9)]
+    alone = stat_columns([base, cells[0]], baseline="gguf_fp16")[1]
+    together = stat_columns([base, *cells], baseline="gguf_fp16")[1]
+    assert alone["d_overall_p"] == together["d_overall_p"] == pytest.approx(2 / 2 ** 8)
+    assert alone["d_overall_sig"] is True  # 4 tests (one cell's criteria): 0.0078 × 4 ≤ 0.05
+    assert together["d_overall_sig"] is False  # 32 tests: 0.0078 × 32 > 0.05
+
+
+def test_speed_measured_elsewhere_is_stale_not_mixed_in():
+    host = HostInfo("fp-here", "cpu", 2, None, "Linux-x86_64", "h")
+    here = [answer(f"p{i}", 0, 5, gen_tps=100.0) for i in range(4)]
+    there = [answer(f"p{i}", 0, 5, gen_tps=900.0) for i in range(4, 8)]
+    for r in here:
+        r.generation.measured_on = "fp-here/cpu"
+    for r in there:
+        r.generation.measured_on = "fp-other/metal"
+    rec = cell_record("gguf", "q4_0", here + there)
+    rec.host, rec.runtime = host, RuntimeInfo("cpu", "float32")
+    rec.speed = speed_stats(rec.results, "fp-here/cpu")
+    assert rec.speed.stale_answers == 4 and rec.speed.gen_tps == pytest.approx(100.0)
+    (cols,) = stat_columns([rec], baseline=None)
+    assert cols["gen_tps_hi"] == pytest.approx(100.0)  # the CI covers only answers measured here
+
+
+def test_cells_that_overlapped_on_one_machine_are_found():
+    host = HostInfo("fp", "cpu", 2, None, "Linux-x86_64", "h")
+    a, b, c = (cell_record("gguf", p, [answer("p0", 0, 5)], job=j) for j, p in enumerate(("fp16", "q8_0", "q4_0")))
+    for rec, (start, end) in zip((a, b, c), ((0, 10), (5, 15), (20, 30))):
+        rec.host = host
+        rec.windows = {"cell": [start, end], "generate": [start + 1, end - 1]}
+    assert parallel_cells([a, b, c]) == [a, b]
+    c.windows = {"cell": [0, 30], "generate": [1, 29]}
+    c.host = dataclasses.replace(host, hostname="other-node")  # same hardware, another machine: no contention
+    assert parallel_cells([a, c]) == []
 
 
 def test_unjudged_cells_have_nan_judge_statistics():

@@ -6,6 +6,7 @@ stopping, the token cap and timing live here, so every format is measured and st
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -14,7 +15,7 @@ import numpy as np
 
 from runner.memory import peak_rss_mb
 from runner.model_source import safetensors_header
-from runner.records import ArtifactInfo, Generation, ModelSourceInfo, SamplerParams
+from runner.records import ArtifactInfo, Generation, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
 
@@ -37,8 +38,8 @@ class Backend(Protocol):
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> Session:
         """A loaded model; use as a context manager so memory is freed on exit."""
 
-    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
-        """Runtime settings that can change generated tokens (part of generation cache keys)."""
+    def runtime(self, format_cfg: dict[str, Any], artifact: ArtifactInfo) -> RuntimeInfo:
+        """How `artifact` runs here, resolved: device, compute dtype and the settings that can change tokens."""
 
 
 def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, stop_ids: list[int]) -> Generation:
@@ -68,10 +69,10 @@ def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, st
     ttft = t_first - t0
     n_after_first = len(tokens) - 1 + (finish == "stop")
     decode_s = t_last - t_first
-    return Generation(
+    return Generation(  # a rate that cannot be measured is NaN (unknown), never 0
         text="", token_ids=tokens, prompt_tokens=len(prompt_ids), completion_tokens=len(tokens),
-        finish_reason=finish, ttft_s=ttft, prompt_tps=len(prompt_ids) / ttft if ttft > 0 else 0.0,
-        gen_tps=n_after_first / decode_s if decode_s > 0 and n_after_first > 0 else 0.0,
+        finish_reason=finish, ttft_s=ttft, prompt_tps=len(prompt_ids) / ttft if ttft > 0 else math.nan,
+        gen_tps=n_after_first / decode_s if decode_s > 0 and n_after_first > 0 else math.nan,
         wall_s=wall, peak_memory_mb=peak_rss_mb(),
     )
 

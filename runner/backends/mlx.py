@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -12,16 +13,43 @@ import numpy as np
 
 from runner.backends.base import artifact_info, log_softmax, safetensors_data_bytes
 from runner.model_source import safetensors_header
-from runner.records import ArtifactInfo, ModelSourceInfo, SamplerParams
+from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
 REPETITION_CONTEXT = 64  # same window as the GGUF backend
+SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def tool_versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"mlx": version("mlx"), "mlx-lm": version("mlx-lm")}
+
+
+def device() -> str:
+    """MLX's default device: cpu, or its GPU backend (metal on macOS, cuda on Linux)."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        return "cpu"
+    return "metal" if sys.platform == "darwin" else "cuda"
+
+
+def weights_dtype(model_dir: Path) -> str:
+    """The floating dtype most tensors of a converted model are stored in (scales and biases, if quantized)."""
+    counts: dict[str, int] = {}
+    for path in model_dir.glob("*.safetensors"):
+        for k, t in safetensors_header(path)[1].items():
+            if k != "__metadata__" and t["dtype"] in SAFETENSORS_FLOATS:
+                counts[t["dtype"]] = counts.get(t["dtype"], 0) + 1
+    return SAFETENSORS_FLOATS[max(counts, key=counts.get)] if counts else "unknown"
+
+
+def resolve_compute_dtype(requested: str, dev: str, model_dir: Path) -> str:
+    """`auto`: float32 on CPU (float16 scales run 15-40x slower there), the weights' dtype on a GPU."""
+    if requested == "auto":
+        requested = "float32" if dev == "cpu" else "model"
+    return weights_dtype(model_dir) if requested == "model" else requested
 
 
 class MLXSession:
@@ -31,10 +59,7 @@ class MLXSession:
 
         self.mx = mx
         self.model, _ = load_model(path)
-        if compute_dtype == "auto":
-            # Quantized layers keep float16 scales; on CPU that runs 15-40x slower than float32.
-            compute_dtype = "float32" if mx.default_device() == mx.cpu else "model"
-        if compute_dtype != "model":
+        if compute_dtype != weights_dtype(path):
             self.model.set_dtype(getattr(mx, compute_dtype))
         self.compute_dtype = compute_dtype
 
@@ -92,8 +117,10 @@ def sampling_chain(s: SamplerParams) -> Callable[[Any], Any]:
 class MLXBackend:
     name = "mlx"
 
-    def runtime_key(self, format_cfg: dict[str, Any]) -> dict[str, Any]:
-        return {"compute_dtype": format_cfg.get("compute_dtype", "auto")}
+    def runtime(self, format_cfg: dict[str, Any], artifact: ArtifactInfo) -> RuntimeInfo:
+        dev = device()
+        dtype = resolve_compute_dtype(str(format_cfg.get("compute_dtype", "auto")), dev, Path(artifact.path))
+        return RuntimeInfo(device=dev, compute_dtype=dtype, settings={}, format=dict(format_cfg))
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
                 format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
@@ -118,7 +145,7 @@ class MLXBackend:
         return artifact_info(entry, entry.path / "model", source)
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
-        return MLXSession(Path(artifact.path), str(format_cfg.get("compute_dtype", "auto")))
+        return MLXSession(Path(artifact.path), self.runtime(format_cfg, artifact).compute_dtype)
 
 
 def _quantization_warnings(model_dir: Path, bits: int | None) -> list[str]:

@@ -169,11 +169,16 @@ def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
     if n == 0:
         raise ValueError("no positions to summarize")
     ppl, ref_ppl = float(np.exp(cat("nll_test").mean())), float(np.exp(cat("nll_ref").mean()))
+    # Positions within a chunk share their context and are correlated: the SE comes from per-chunk means
+    # (batch means), weighted by chunk length, not from the per-position spread.
+    sizes = np.array([len(s.kld) for s in stats], np.float64)
+    chunk_means = np.array([s.kld.mean() for s in stats if len(s.kld)])
+    kld_se = float(np.sqrt(np.sum((sizes / n) ** 2) * chunk_means.var(ddof=1))) if len(chunk_means) > 1 else float("nan")
     return FidelityResult(
         reference=reference,
         n_tokens=n,
         kld_mean=float(kld.mean()),
-        kld_se=float(kld.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        kld_se=kld_se,
         kld_median=float(np.median(kld)),
         kld_p99=float(np.percentile(kld, 99)),
         kld_max=float(kld.max()),
@@ -184,6 +189,7 @@ def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
         rms_dp=float(100.0 * np.sqrt(np.mean((cat("p_test") - cat("p_ref")) ** 2))),
         text_sha=text_sha,
         warnings=list(warnings),
+        n_chunks=len(stats),
     )
 
 

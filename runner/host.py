@@ -1,0 +1,57 @@
+"""The host a cell runs on: CPU model, cores, GPU name. Speed measured elsewhere is not comparable."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from runner.records import HostInfo
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        return _run(["sysctl", "-n", "machdep.cpu.brand_string"]) or platform.processor()
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str | None:
+    """The first GPU's name (nvidia-smi), the chip on Apple silicon (its GPU is part of it), else None."""
+    if shutil.which("nvidia-smi"):
+        names = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+        if names:
+            return names.splitlines()[0].strip()
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return _cpu_model()
+    return None
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@lru_cache(maxsize=1)
+def host_info() -> HostInfo:
+    cpu, cores, gpu = _cpu_model(), os.cpu_count() or 1, _gpu_name()
+    plat = f"{platform.system()}-{platform.machine()}"
+    fingerprint = hashlib.sha256(f"{cpu}|{cores}|{gpu}|{plat}".encode()).hexdigest()[:16]
+    return HostInfo(fingerprint=fingerprint, cpu=cpu, cores=cores, gpu=gpu, platform=plat,
+                    hostname=platform.node())
+
+
+def measured_on(host: HostInfo, device: str) -> str:
+    """The tag a speed measurement carries: same host and same engine device means comparable."""
+    return f"{host.fingerprint}/{device}"
