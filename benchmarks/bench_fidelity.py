@@ -35,7 +35,7 @@ def main() -> None:
     text.write_text(TEXT.read_text() * 4)  # long enough for 4x
     base = None
     for mult in (1, 2, 4):
-        root = tmp / f"x{mult}"  # fresh store: reference and scores are computed, not cached
+        root = tmp / f"x{mult}"  # fresh store: baseline log-probs and scores are computed, not cached
         seconds, rss = run(root, text, args.base_tokens * mult, args.chunk)
         base = base or seconds
         print(f"{mult}x tokens ({args.base_tokens * mult:6d}): fidelity {seconds:6.2f} s ({seconds / base:.2f}x)  "

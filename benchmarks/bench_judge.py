@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.judges.base import JudgeItem, make_judge  # noqa: E402
+from runner.judges import make_judge
+from runner.judges.base import JudgeItem  # noqa: E402
 from runner.store import Store  # noqa: E402
 from runner.testing.fault_server import FaultServerProcess  # noqa: E402
 

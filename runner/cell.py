@@ -65,23 +65,23 @@ class Cell:
                     f"(it applies to: {', '.join(formats)})")
         return None
 
-    def reference_configs(self, reference: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(format cfg, precision cfg) of a FORMAT_PRECISION reference such as `gguf_fp16`.
+    def build_configs(self, build: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(format cfg, precision cfg) of a FORMAT_PRECISION build such as the baseline `gguf_fp16`.
 
         This cell's own group configs are used where they match (so overrides apply), else the YAML files.
         """
-        fmt, precision = parse_build_id(reference)
+        fmt, precision = parse_build_id(build)
         try:
             fmt_cfg = self.format if self.format.get("name") == fmt else load_option("format", fmt)
             prec_cfg = self.precision if self.precision.get("name") == precision else load_option("precision", precision)
         except ValueError as e:
-            raise ValueError(f"baseline={reference!r}: {e}") from None
+            raise ValueError(f"baseline={build!r}: {e}") from None
         if fmt not in (prec_cfg.get("formats") or []):
-            raise ValueError(f"baseline={reference!r}: precision {precision!r} does not apply to format {fmt!r}")
+            raise ValueError(f"baseline={build!r}: precision {precision!r} does not apply to format {fmt!r}")
         return fmt_cfg, prec_cfg
 
-    def is_reference(self, reference: str) -> bool:
-        return reference == build_id(self.format["name"], self.precision["name"])
+    def is_build(self, build: str) -> bool:
+        return build == build_id(self.format["name"], self.precision["name"])
 
     def sampler(self, repeat: int = 0) -> SamplerParams:
         g = self.generation
@@ -100,7 +100,7 @@ class Cell:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.fidelity.get("enabled"):
-            from runner.fidelity_stage import parse_top_k
+            from runner.stages.fidelity import parse_top_k
 
             parse_top_k(self.fidelity.get("top_k"))
         if self.repeats > 1 and float(g["temperature"]) == 0.0:

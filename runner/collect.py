@@ -1,207 +1,54 @@
-"""Cell records → one pandas matrix (one row per cell), written beside them with the report.
+"""python -m runner.collect SWEEP_DIR [--max-kld X] [--min-top1 Y]: the matrix and report of a sweep or run.
 
-python -m runner.collect SWEEP_DIR   rebuilds matrix.csv / matrix.md (and the report) from records alone.
+Built from the records alone: no engine is imported, so a sweep dir copied to another machine collects.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from runner.identity import IDENTITY_GROUPS, parse_override
-from runner.judges.aggregate import judge_columns
-from runner.judging import all_judgments
-from runner.records import CellRecord, read_cell_record
-from runner.report import write_report
-from runner.summary import stat_columns
-
-log = logging.getLogger(__name__)
-
-def find_job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job dirs of a sweep (numbered subdirs with .hydra/), or the dir itself for a single run."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"not a directory: {sweep_dir}")
-    if (sweep_dir / "result.json").exists() or (sweep_dir / ".hydra").is_dir() and not (sweep_dir / "multirun.yaml").exists():
-        return [sweep_dir]
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
-    if not jobs and not (sweep_dir / "multirun.yaml").exists():
-        raise ValueError(f"{sweep_dir}: not a sweep or run dir (no multirun.yaml, numbered job dirs or result.json)")
-    return jobs
-
-
-def _nan(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def record_row(rec: CellRecord) -> dict[str, Any]:
-    c = rec.cell
-    row: dict[str, Any] = {"job": c.job_num, "model": c.model, "format": c.format, "precision": c.precision,
-                           "generation": c.generation, "prompts": c.prompts, "judge": c.judge,
-                           "status": rec.status, "reason": rec.reason}
-    a = rec.artifact
-    row.update({
-        "bits_per_weight": _nan(a.bits_per_weight) if a else math.nan,
-        "size_gb": a.size_bytes / 1e9 if a else math.nan,
-        "quantize_s": a.build_s if a else math.nan,
-        "artifact_cache_hit": a.cache_hit if a else None,
-    })
-    rt, host = rec.runtime, rec.host
-    row.update({"device": rt.device if rt else None, "compute_dtype": rt.compute_dtype if rt else None,
-                "host": f"{host.cpu} ×{host.cores}" + (f" + {host.gpu}" if host.gpu else "") if host else None,
-                "parallel_jobs": rt.parallel_jobs if rt else None})
-    s = rec.speed
-    row.update({
-        "n_answers": s.n if s else 0,
-        "s_per_prompt": s.s_per_prompt if s else math.nan,
-        "prompt_tps": s.prompt_tps if s else math.nan,
-        "gen_tps": s.gen_tps if s else math.nan,
-        "ttft_s": s.ttft_s if s else math.nan,
-        "mean_tokens": s.mean_completion_tokens if s else math.nan,
-        "truncated_pct": s.truncated_pct if s else math.nan,
-        "peak_rss_mb": _nan(s.peak_rss_mb) if s else math.nan,
-        "generations_cached": sum(r.cache_hit for r in rec.results),
-        "speed_stale_answers": s.stale_answers if s else 0,
-        "speed_parallel_jobs": s.parallel_jobs if s else None,
-    })
-    row.update(judge_columns([(r.category, j) for r in rec.results for j in all_judgments(r) or [None]]))
-    row.update({"judge_reference": rec.judge_reference, "judge_note": rec.judge_note})
-    f = rec.fidelity
-    row.update({
-        "kld_mean": f.kld_mean if f else math.nan, "kld_se": f.kld_se if f else math.nan,
-        "kld_p99": f.kld_p99 if f else math.nan, "top1_pct": f.top1_pct if f else math.nan,
-        "ppl": f.ppl if f else math.nan, "dppl": f.dppl if f else math.nan,
-        "fidelity_reference": f.reference if f else None,
-        "kld_top_k": (f.top_k if f.top_k is not None else "all") if f else None,
-    })
-    agree = [r.agreement for r in rec.results if r.agreement]
-    row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan
-    row["answer_similarity"] = sum(x["token_similarity"] for x in agree) / len(agree) if agree else math.nan
-    return row
-
-
-def missing_row(job_dir: Path, why: str) -> dict[str, Any]:
-    """A job without a readable result.json (killed, or a corrupt record) is a failed row, not a gap."""
-    ident: dict[str, Any] = {"job": int(job_dir.name) if job_dir.name.isdigit() else None}
-    overrides = job_dir / ".hydra" / "overrides.yaml"
-    if overrides.exists():
-        import yaml
-
-        for item in yaml.safe_load(overrides.read_text()) or []:
-            key, value = parse_override(item)
-            if key in IDENTITY_GROUPS and value is not None:
-                ident[key] = value
-    return {**ident, "status": "failed", "reason": why}
-
-
-def load_records(sweep_dir: Path) -> tuple[list[CellRecord], list[dict[str, Any]]]:
-    records, missing = [], []
-    for job in find_job_dirs(sweep_dir):
-        path = job / "result.json"
-        if not path.exists():
-            missing.append(missing_row(job, "no result.json: the job did not finish"))
-            continue
-        try:
-            records.append(read_cell_record(path))
-        except ValueError as e:
-            missing.append(missing_row(job, str(e)))
-    return records, missing
-
-
-def sweep_baseline(sweep_dir: Path, records: list[CellRecord]) -> str | None:
-    """The sweep's `baseline` key (FORMAT_PRECISION) from its jobs' saved configs, else the fidelity reference."""
-    for job in find_job_dirs(sweep_dir):
-        config = job / ".hydra" / "config.yaml"
-        if config.exists() and (value := OmegaConf.load(config).get("baseline")):
-            return str(value)
-    return next((r.fidelity.reference for r in records if r.fidelity), None)
-
-
-def _with_ci_beside(columns: list[str]) -> list[str]:
-    """Each `m_lo`, `m_hi` right after `m`; the `d_*` delta columns last."""
-    deltas = [c for c in columns if c.startswith("d_")]
-    bounds = {c for c in columns if c.endswith(("_lo", "_hi")) and c not in deltas}
-    ordered = []
-    for c in columns:
-        if c not in bounds and c not in deltas:
-            ordered += [c] + [b for b in (f"{c}_lo", f"{c}_hi") if b in bounds]
-    return ordered + [c for c in columns if c in bounds and c not in ordered] + deltas
-
-
-def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = (),
-                 baseline: str | None = None) -> pd.DataFrame:
-    """One row per cell; statistics columns (runner.summary) beside their means, deltas vs `baseline`."""
-    stats = stat_columns(records, baseline)
-    df = pd.DataFrame([record_row(r) | s for r, s in zip(records, stats)] + list(extra_rows))
-    if df.empty:
-        return df
-    df = df[_with_ci_beside(list(df.columns))]
-    df["_s"] = df["status"].map({"ok": 0, "failed": 1, "skipped": 2})
-    df = df.sort_values(["_s", "model", "format", "job"], na_position="last").drop(columns="_s")
-    return df.reset_index(drop=True)
-
-
-# matrix.md: the columns a reader compares builds by; matrix.csv has every column.
-HEADLINE = ("build", "status", "size_gb", "bits_per_weight", "kld_mean", "top1_pct", "overall", "gen_tps",
-            "s_per_prompt", "reason")
-
-
-def headline(df: pd.DataFrame) -> pd.DataFrame:
-    """The headline view: build, status, size, bits/weight, KLD, top-1, judge overall with its CI, speed, reason."""
-    out = df.assign(build=df["format"].astype(str) + " " + df["precision"].astype(str))
-    if "overall" in out:
-        def with_ci(r: pd.Series) -> str:
-            if pd.isna(r["overall"]):
-                return ""
-            ci = "" if pd.isna(r.get("overall_lo")) else f" [{r['overall_lo']:.3g}, {r['overall_hi']:.3g}]"
-            return f"{r['overall']:.3g}{ci}"
-        out["overall"] = out.apply(with_ci, axis=1)
-    cols = [c for c in HEADLINE if c in out]
-    varying = [c for c in ("model", "generation", "prompts", "judge") if c in out and out[c].nunique() > 1]
-    out = out[cols[:1] + varying + cols[1:]]
-    return out.astype(object).where(out.notna(), None)  # tabulate prints None as missingval, NaN as "nan"
-
-
-def write_matrix(df: pd.DataFrame, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    df.to_csv(out_dir / "matrix.csv", index=False)
-    table = headline(df).to_markdown(index=False, floatfmt=".4g", missingval="") if not df.empty else "(no cells)"
-    (out_dir / "matrix.md").write_text(f"{table}\n\nEvery column: matrix.csv (see README, Matrix columns).\n")
-    return out_dir / "matrix.csv"
+from runner import fairness
+from runner.matrix import sweep_matrix, write_matrix
+from runner.report import MAX_KLD, MIN_TOP1, write_report
+from runner.sweep import SweepError, load_sweep
 
 
 def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
-    """Rebuild the matrix and report of a sweep or run dir from its records alone (no engine is imported).
-
-    `report_options` go to `runner.report.write_report` (recommendation thresholds).
-    """
-    sweep_dir = Path(sweep_dir)
-    records, missing = load_records(sweep_dir)
-    baseline = sweep_baseline(sweep_dir, records)
-    df = build_matrix(records, missing, baseline)
-    write_matrix(df, sweep_dir)
+    """Write matrix.csv, matrix.md and the report into `sweep_dir`; `report_options`: recommendation thresholds."""
+    sweep = load_sweep(sweep_dir)
+    df = sweep_matrix(sweep)
+    write_matrix(df, sweep.dir)
     if not df.empty:
-        write_report(df, records, sweep_dir, baseline=baseline, **report_options)
+        write_report(df, fairness.find(sweep.records), sweep.dir, baseline=sweep.baseline(), **report_options)
     return df
+
+
+def summary(df: pd.DataFrame, where: Path) -> str:
+    """One line of counts and where the matrix is, then one line per failed cell with its reason."""
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) if not df.empty else "no cells"
+    failed = "".join(f"\n  failed: {r.format} {r.precision}: {r.reason}"
+                     for r in df.itertuples() if r.status == "failed")
+    return f"{len(df)} cells ({counts}) → {where / 'matrix.md'}, {where / 'report.md'}{failed}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.collect", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--max-kld", type=float, default=MAX_KLD, help=f"recommendation threshold (default {MAX_KLD})")
+    parser.add_argument("--min-top1", type=float, default=MIN_TOP1,
+                        help=f"recommendation threshold, %% (default {MIN_TOP1})")
     args = parser.parse_args(argv)
     try:
-        df = collect(args.sweep_dir)
-    except (FileNotFoundError, ValueError) as e:
+        df = collect(args.sweep_dir, max_kld=args.max_kld, min_top1=args.min_top1)
+    except (SweepError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(df)} cells → {args.sweep_dir / 'matrix.md'}")
+    print(summary(df, args.sweep_dir))
     return 0
 
 

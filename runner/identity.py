@@ -1,6 +1,6 @@
 """The vocabulary shared by the whole package: build ids, override parsing and answer keys.
 
-A build id is `FORMAT_PRECISION` (e.g. `gguf_fp16`: the `baseline` and `fidelity.reference` settings name
+A build id is `FORMAT_PRECISION` (e.g. `gguf_fp16`: the `baseline` and `fidelity.baseline` settings name
 cells this way). An answer key is `(prompt_id, repeat)`: it pairs an answer with the same prompt and
 seed in another cell.
 """

@@ -71,7 +71,7 @@ def resolve_model(model_cfg: dict[str, Any], store: Store) -> tuple[Path, ModelS
     kind = model_cfg.get("source")
     name = model_cfg["name"]
     if kind == "builder":
-        from runner.testing.tiny_model import TINY_MODEL_VERSION, build_tiny_model
+        from runner.tiny_model import TINY_MODEL_VERSION, build_tiny_model
 
         seed = int(model_cfg.get("builder_seed", 0))
         entry = store.get_or_build(

@@ -8,7 +8,6 @@ stays in the record and in the store.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 import traceback
@@ -17,22 +16,22 @@ from pathlib import Path
 from typing import Iterator
 
 from runner import versions
-from runner.backends import get_backend
 from runner.cell import Cell
 from runner.context import CellContext
 from runner.contract import ChatRenderer
-from runner.fidelity_stage import run_fidelity
-from runner.generation import GenerationStage
 from runner.host import host_info, measured_on
 from runner.identity import answer_key
-from runner.judges.base import make_judge
-from runner.judging import judge_cell
+from runner.judges import make_judge
 from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
 from runner.progress import Progress
 from runner.prompts import load_prompts
-from runner.records import CellRecord, PromptResult, to_json, write_text_atomic
+from runner.records import CellRecord, PromptResult, write_record
 from runner.speed import speed_stats
+from runner.stages.fidelity import run_fidelity
+from runner.stages.generate import GenerationStage
+from runner.stages.judge import judge_cell
+from runner.stages.prepare import prepare_build
 from runner.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,16 +39,6 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_record(record: CellRecord, job_dir: Path) -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"prompt_id": r.prompt_id, "category": r.category, "repeat": r.repeat, "answer": r.answer,
-                         "text": r.generation.text, "finish_reason": r.generation.finish_reason,
-                         "completion_tokens": r.generation.completion_tokens, "generation_key": r.generation_key})
-             for r in record.results]
-    write_text_atomic(job_dir / "generations.jsonl", "".join(line + "\n" for line in lines))
-    write_text_atomic(job_dir / "result.json", to_json(record))
 
 
 class CellRun:
@@ -118,16 +107,15 @@ class CellRun:
             judge.check_ready()  # e.g. a missing API key fails before any generation
         ctx = self._context()
         rec.contract = ctx.renderer.contract(cell.sampler(), ctx.stop_ids, ctx.strip_thinking)
-        backend = get_backend(cell.format["name"])
         with self.timed("prepare"):
-            rec.artifact = backend.prepare(ctx.source_dir, ctx.source, cell.precision, cell.format, ctx.store)
+            backend, rec.artifact = prepare_build(ctx, cell.format, cell.precision)
         own = self.stack.enter_context(GenerationStage(ctx, backend, rec.artifact, cell.format))
         rec.runtime = own.runtime
         with self.timed("generate"):
             self.progress.start_items(len(ctx.prompts) * cell.repeats)
             rec.results = own.run(on_done=self.progress.advance)
         mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
-        is_baseline = cell.is_reference(cell.baseline)
+        is_baseline = cell.is_build(cell.baseline)
         baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=mode == "baseline")
         if baseline is not None:
             for r in rec.results:
@@ -139,27 +127,26 @@ class CellRun:
                 judge_cell(judge, ctx.store, rec, mode, is_baseline, answers)
         if cell.fidelity.get("enabled"):
             with self.timed("fidelity"):
-                name = str(cell.fidelity.get("reference") or cell.baseline)
+                name = str(cell.fidelity.get("baseline") or cell.baseline)
                 rec.fidelity = run_fidelity(ctx.store, cell.fidelity, ctx.renderer, own,
-                                            self._reference_stage(ctx, name, own), name)
+                                            self._build_stage(ctx, name, own), name)
 
-    def _reference_stage(self, ctx: CellContext, reference: str, own: GenerationStage) -> GenerationStage:
-        """The generation stage of a reference build such as `gguf_fp16` (this cell's own if it is that build)."""
-        if self.cell.is_reference(reference):
+    def _build_stage(self, ctx: CellContext, build: str, own: GenerationStage) -> GenerationStage:
+        """The generation stage of another build such as `gguf_fp16` (this cell's own if it is that build)."""
+        if self.cell.is_build(build):
             return own
-        fmt_cfg, prec_cfg = self.cell.reference_configs(reference)
-        backend = get_backend(fmt_cfg["name"])
-        artifact = backend.prepare(ctx.source_dir, ctx.source, prec_cfg, fmt_cfg, ctx.store)
+        fmt_cfg, prec_cfg = self.cell.build_configs(build)
+        backend, artifact = prepare_build(ctx, fmt_cfg, prec_cfg)
         return self.stack.enter_context(GenerationStage(ctx, backend, artifact, fmt_cfg))
 
     def _baseline_answers(self, ctx: CellContext, own: GenerationStage,
                           needed: bool) -> dict[tuple[str, int], PromptResult] | None:
-        """Another cell's baseline answers (judge references, answer agreement), keyed by answer key."""
+        """The baseline build's answers (reference answers for the judge, answer agreement), by answer key."""
         cell = self.cell
         if not (needed or cell.fidelity.get("enabled")):
             return None
         with self.timed("baseline"):
-            stage = self._reference_stage(ctx, cell.baseline, own)
+            stage = self._build_stage(ctx, cell.baseline, own)
             own.close()  # one model in memory at a time; reloaded lazily if fidelity needs it
             results = stage.run()
             stage.close()

@@ -93,7 +93,7 @@ class Generation:
     prompt_tps: float
     gen_tps: float
     wall_s: float
-    peak_memory_mb: float | None = None
+    peak_rss_mb: float | None = None
     measured_on: str = ""  # `HostInfo.fingerprint/device` where the speed was measured ("" = unknown)
     parallel_jobs: int = 1  # cells the launcher ran at once while this was measured
 
@@ -114,9 +114,8 @@ class PromptResult:
     answer: str  # `generation.text` with <think>…</think> removed: what judges see
     thinking_tokens: int = 0
     cache_hit: bool = False
-    judgment: Judgment | None = None
-    judge_repeats: list[Judgment] = field(default_factory=list)  # verdicts 2..K with judge.repeats=K
-    agreement: dict[str, float] | None = None  # vs the FP16 answer (fidelity stage)
+    judgments: list[Judgment] = field(default_factory=list)  # one per judge repeat; empty: not judged
+    agreement: dict[str, float] | None = None  # vs the baseline build's answer
 
 
 @dataclass
@@ -140,7 +139,7 @@ class SpeedStats:
     prompt_tps: float
     gen_tps: float
     ttft_s: float
-    mean_completion_tokens: float
+    mean_tokens: float
     truncated_pct: float
     peak_rss_mb: float | None
     stale_answers: int = 0  # cached answers measured on another host or device: excluded from the speed figures
@@ -172,9 +171,9 @@ class RuntimeInfo:
 
 @dataclass
 class FidelityResult:
-    """Next-token distribution drift vs the FP16 reference on identical token ids."""
+    """Next-token distribution drift vs the baseline build (e.g. gguf_fp16) on identical token ids."""
 
-    reference: str
+    baseline: str
     n_tokens: int
     kld_mean: float
     kld_se: float  # from per-chunk means (positions within a chunk are correlated); NaN below 2 chunks
@@ -183,14 +182,14 @@ class FidelityResult:
     kld_max: float
     top1_pct: float
     ppl: float
-    ref_ppl: float
+    baseline_ppl: float
     dppl: float
     rms_dp: float
     text_sha: str = ""
     warnings: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None  # process peak while scoring (bounded by chunk size, not text length)
     n_chunks: int = 0
-    top_k: int | None = None  # reference log-probs kept per position; None: the full vocabulary (exact KLD)
+    top_k: int | None = None  # baseline log-probs kept per position; None: the full vocabulary (exact KLD)
 
 
 @dataclass
@@ -281,14 +280,42 @@ def read_cell_record(path: Path) -> CellRecord:
         raise ValueError(f"{path}: malformed cell record ({e})") from e
 
 
+def _renamed(d: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any] | None:
+    return None if d is None else {names.get(k, k): v for k, v in d.items()}
+
+
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """A record of an older schema in the current one (fields added since then keep their defaults)."""
-    if data.get("schema_version") == 1 and isinstance(data.get("runtime"), dict):
-        old = dict(data["runtime"])
-        fmt = old.pop("format", {}) or {}
-        data = {**data, "runtime": {"device": "unknown", "compute_dtype": str(old.pop("compute_dtype", "unknown")),
-                                    "settings": old, "format": fmt} if (old or fmt) else None}
-    return {**data, "schema_version": SCHEMA_VERSION}
+    """A version 1 record in the current schema (fields added since then keep their defaults)."""
+    if data.get("schema_version") != 1:
+        return data
+    data = dict(data)
+    old = dict(data.get("runtime") or {})
+    fmt = old.pop("format", {}) or {}
+    data["runtime"] = {"device": "unknown", "compute_dtype": str(old.pop("compute_dtype", "unknown")),
+                       "settings": old, "format": fmt} if (old or fmt) else None
+    data["speed"] = _renamed(data.get("speed"), {"mean_completion_tokens": "mean_tokens"})
+    data["fidelity"] = _renamed(data.get("fidelity"), {"reference": "baseline", "ref_ppl": "baseline_ppl"})
+    results = []
+    for r in data.get("results") or []:
+        r = dict(r)
+        first, more = r.pop("judgment", None), r.pop("judge_repeats", None) or []
+        r["judgments"] = [first, *more] if first else []
+        r["generation"] = _renamed(r["generation"], {"peak_memory_mb": "peak_rss_mb"})
+        results.append(r)
+    data["results"] = results
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+def write_record(record: CellRecord, job_dir: Path) -> None:
+    """A job's `result.json` and `generations.jsonl` (one line per answer, for reading without the runner)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"prompt_id": r.prompt_id, "category": r.category, "repeat": r.repeat, "answer": r.answer,
+                         "text": r.generation.text, "finish_reason": r.generation.finish_reason,
+                         "completion_tokens": r.generation.completion_tokens, "generation_key": r.generation_key})
+             for r in record.results]
+    write_text_atomic(job_dir / "generations.jsonl", "".join(line + "\n" for line in lines))
+    write_text_atomic(job_dir / "result.json", to_json(record))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

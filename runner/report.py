@@ -1,4 +1,5 @@
-"""A sweep's report, derived from its matrix and records: report.md, report.html (plots embedded) and pareto.png.
+"""A sweep's report, formatted from its matrix and fairness findings: report.md, report.html (plots embedded),
+pareto.png. Nothing is computed here that the matrix or runner/fairness.py already holds.
 
 Sections: overview, highlights (best by quality, fastest, smallest, a thresholded recommendation),
 quality, fidelity, speed, size, per category, fairness (the generation contract and the cross-engine
@@ -12,7 +13,6 @@ import html
 import io
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ import pandas as pd
 from runner.identity import build_id, parse_build_id
 from runner.judges.rubric import CRITERIA
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, POWER, min_prompts_for_significance
-from runner.records import CellRecord, GenerationContract
-from runner.summary import ALPHA, FAMILIES, LEVEL, N_BOOT, judge_noise, parallel_cells
+from runner.fairness import SweepFindings
+from runner.matrix_stats import ALPHA, FAMILIES, LEVEL, N_BOOT
 
 MAX_KLD = 0.05  # default recommendation thresholds; see `write_report`
 MIN_TOP1 = 90.0
@@ -104,9 +104,9 @@ def labels(df: pd.DataFrame) -> pd.Series:
 
 
 class Report:
-    """Builds the sections from the matrix (`df`, one row per cell) and the cell records."""
+    """Builds the sections from the matrix (`df`, one row per cell) and the sweep's fairness findings."""
 
-    def __init__(self, df: pd.DataFrame, records: list[CellRecord], baseline: str | None,
+    def __init__(self, df: pd.DataFrame, findings: SweepFindings, baseline: str | None,
                  max_kld: float, min_top1: float):
         self.df = df.assign(label=labels(df)).reset_index(drop=True)
         self.baseline = baseline
@@ -116,10 +116,7 @@ class Report:
         self.graded_by_baseline = "judge_reference" in self.ok and (self.ok["judge_reference"] == "baseline").any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
         self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
-        self.ok_records = [r for r in records if r.status == "ok" and r.cell.job_num in self.label_by_job]
-
-    def label(self, rec: CellRecord) -> str:
-        return self.label_by_job[rec.cell.job_num]
+        self.findings = findings
 
     def is_base(self, row: pd.Series) -> bool:
         return self.baseline == build_id(row["format"], row["precision"])
@@ -179,11 +176,11 @@ class Report:
     def highlights(self) -> Section:
         if self.judged:
             quality = self._pick("overall", largest=True)
-        elif self.has_fidelity:  # the reference has KLD 0 by definition
+        elif self.has_fidelity:  # the baseline has KLD 0 by definition
             refs = [build_id(f, p) != ref for f, p, ref in zip(self.ok["format"], self.ok["precision"],
-                                                                self.ok["fidelity_reference"])]
+                                                                self.ok["fidelity_baseline"])]
             quality = self._pick("kld_mean", largest=False, rows=self.ok[refs])
-            quality += " (lowest KLD, the reference excluded)" if quality != "–" else ""
+            quality += " (lowest KLD, the baseline excluded)" if quality != "–" else ""
         else:
             quality = "– (no judge and no fidelity)"
         text = [f"Best by quality: {quality}", f"Fastest: {self._pick('gen_tps', largest=True)}",
@@ -225,7 +222,7 @@ class Report:
             cols[c.capitalize()] = lambda r, c=c: with_ci(r, c)
             cols[f"Δ {c}"] = lambda r, c=c: delta(r, c, self.is_base(r))
         cols.update({"Failed judgments": "judge_failed", "Cost $": "judge_cost_usd", "Note": "judge_note"})
-        noise = judge_noise(self.ok_records)
+        noise = self.findings.judge_noise
         if noise is None:
             floor = ("Judge noise floor: not measured (no answer was judged twice independently; "
                      "set judge.repeats=K to measure it).")
@@ -264,17 +261,17 @@ class Report:
     def fidelity(self) -> Section:
         if not self.has_fidelity and self.ok.get("answer_similarity", pd.Series(dtype=float)).isna().all():
             return Section("Fidelity", ["No fidelity metrics (fidelity.enabled=false)."])
-        cols = {"Reference": "fidelity_reference", "KLD mean": lambda r: with_ci(r, "kld_mean"), "KLD p99": "kld_p99",
+        cols = {"Baseline": "fidelity_baseline", "KLD mean": lambda r: with_ci(r, "kld_mean"), "KLD p99": "kld_p99",
                 "Top-1 %": "top1_pct", "PPL": "ppl", "ΔPPL": "dppl",
                 "Answer agreement": lambda r: with_ci(r, "answer_agreement"),
                 "Answer similarity": lambda r: with_ci(r, "answer_similarity")}
         cols["KLD top-k"] = "kld_top_k"
         return Section("Fidelity", [
-            "KLD(reference ‖ build) per token on identical token ids (CI: mean ± 1.96 SE from per-chunk means, "
+            "KLD(baseline ‖ build) per token on identical token ids (CI: mean ± 1.96 SE from per-chunk means, "
             f"shown from {MIN_PROMPTS_FOR_CI} chunks); top-1: same argmax token; answer agreement: exact-match share "
-            "of answers vs the baseline's; similarity: token-sequence similarity. The reference cell's own KLD is 0 "
+            "of answers vs the baseline's; similarity: token-sequence similarity. The baseline cell's own KLD is 0 "
             "by construction.",
-            "With `fidelity.top_k=K` the reference keeps its top-K log-probs plus one tail bucket per position, so "
+            "With `fidelity.top_k=K` the baseline keeps its top-K log-probs plus one tail bucket per position, so "
             "the KLD shown is a **lower bound** of the full-vocabulary KLD (exact with `fidelity.top_k=all`)."],
             self._table(self.ok, cols))
 
@@ -301,7 +298,7 @@ class Report:
         base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
         base_gb = base["size_gb"].iloc[0] if len(base) else math.nan
         cols = {"Size GB": "size_gb", "× baseline": lambda r: fmt(r["size_gb"] / base_gb),
-                "Bits/weight": "bits_per_weight", "Quantize s": "quantize_s", "Artifact cached": "artifact_cache_hit"}
+                "Bits/weight": "bits_per_weight", "Build s": "build_s", "Artifact cached": "artifact_cache_hit"}
         return Section("Size", [], self._table(self.ok, cols))
 
     def per_category(self) -> Section:
@@ -321,28 +318,23 @@ class Report:
     # -------------------------------------------------------------- fairness
 
     def fairness(self) -> Section:
-        recs = [r for r in self.ok_records if r.contract is not None]
-        if not recs:
+        contracts = self.findings.contracts
+        contracts = contracts[[j in self.label_by_job for j in contracts.index]] if not contracts.empty else contracts
+        if contracts.empty:
             return Section("Fairness", ["No ok cell records a generation contract."] + self._engine_noise())
-        table = pd.DataFrame.from_dict({self.label(r): {"model": r.cell.model, **contract_fields(r.contract)}
-                                        for r in recs}, orient="index")
         text = []
-        for model, group in table.groupby("model"):  # templates and stop ids are per model
-            differ = [c for c in group.columns if group[c].nunique() > 1]
-            prompts = _rendered_prompt_mismatches([r for r in recs if r.cell.model == model])
-            problems = ([f"{', '.join(differ)} differ between ok cells"] if differ else []) + (
-                [f"rendered prompt token ids differ for {', '.join(prompts)}"] if prompts else [])
-            if problems:
+        for model, group in contracts.groupby("model"):
+            if problems := self.findings.contract_problems.get(str(model)):
                 text.append(f"⚠️ **CONTRACT MISMATCH ({model})**: {'; '.join(problems)}. "
                             "Comparisons between these cells are not fair.")
             else:
                 text.append(f"✅ All {len(group)} ok cells of `{model}` share one generation contract "
                             "and identical rendered prompt token ids.")
         text += self._devices() + self._speed_comparability()
-        if len(table.drop_duplicates()) == 1:  # one contract: show it once
-            table = pd.DataFrame({"Field": table.columns, "Value": table.iloc[0].values})
+        if len(contracts.drop_duplicates()) == 1:  # one contract: show it once
+            table = pd.DataFrame({"Field": contracts.columns, "Value": contracts.iloc[0].values})
         else:
-            table = table.rename_axis("Build").reset_index()
+            table = contracts.rename(index=self.label_by_job).rename_axis("Build").reset_index()
         return Section("Fairness", text + self._engine_noise(), table)
 
     def _devices(self) -> list[str]:
@@ -361,8 +353,8 @@ class Report:
 
     def _speed_comparability(self) -> list[str]:
         """Speed measured while other cells ran on the same host is not comparable."""
-        overlapping = parallel_cells(self.ok_records)
-        flagged = sorted({self.label(r) for r in overlapping} | {
+        overlapping = [self.label_by_job[j] for j in self.findings.parallel_jobs if j in self.label_by_job]
+        flagged = sorted(set(overlapping) | {
             lab for lab, jobs in zip(self.ok["label"], self.ok.get("speed_parallel_jobs", pd.Series(dtype=float)))
             if not _nan(jobs) and jobs > 1})
         if not flagged:
@@ -372,15 +364,15 @@ class Report:
                 "`hydra.launcher.n_jobs=1`) to compare speed."]
 
     def _engine_noise(self) -> list[str]:
-        """KLD of the reference precision's cell in the other format vs the reference: the engine noise floor."""
+        """KLD of the baseline precision's cell in the other format vs the baseline: the engine noise floor."""
         out = []
         for _, r in self.ok.iterrows():
-            ref = r.get("fidelity_reference")
-            if _nan(ref) or _nan(r.get("kld_mean")) or "_" not in str(ref):
+            base = r.get("fidelity_baseline")
+            if _nan(base) or _nan(r.get("kld_mean")) or "_" not in str(base):
                 continue
-            ref_format, ref_precision = parse_build_id(str(ref))
-            if r["precision"] == ref_precision and r["format"] != ref_format:
-                out.append(f"Cross-engine noise floor: **{r['label']}** vs `{ref}` (same weights, other engine): "
+            base_format, base_precision = parse_build_id(str(base))
+            if r["precision"] == base_precision and r["format"] != base_format:
+                out.append(f"Cross-engine noise floor: **{r['label']}** vs `{base}` (same weights, other engine): "
                            f"KLD {with_ci(r, 'kld_mean')}, top-1 {fmt(r.get('top1_pct'))}%, answer agreement "
                            f"{fmt(r.get('answer_agreement'))}. Differences of this size are engine noise, "
                            "not quantization.")
@@ -424,26 +416,8 @@ class Report:
         return out
 
     def _plot_caption(self) -> str:
-        y = "judge overall" if self.judged else "KLD vs the reference (lower is better)"
+        y = "judge overall" if self.judged else "KLD vs the baseline (lower is better)"
         return f"{y} against size and generation speed; the dashed line joins the Pareto-optimal builds."
-
-
-def contract_fields(c: GenerationContract) -> dict[str, str]:
-    """The comparable part of a generation contract (the tokenizer path is machine-specific)."""
-    s = c.sampler
-    return {"temperature": fmt(s.temperature), "top_p": fmt(s.top_p), "top_k": fmt(s.top_k), "min_p": fmt(s.min_p),
-            "repetition_penalty": fmt(s.repetition_penalty), "seed": str(s.seed), "max_tokens": str(s.max_tokens),
-            "chat_template_sha": c.chat_template_sha[:12], "enable_thinking": str(c.enable_thinking),
-            "stop_token_ids": str(c.stop_token_ids),
-            "thinking": "stripped before judging" if c.strip_thinking else "kept"}
-
-
-def _rendered_prompt_mismatches(records: list[CellRecord]) -> list[str]:
-    shas: dict[str, set[str]] = defaultdict(set)
-    for rec in records:
-        for r in rec.results:
-            shas[r.prompt_id].add(r.prompt_token_ids_sha)
-    return sorted(p for p, s in shas.items() if len(s) > 1)
 
 
 # ------------------------------------------------------------------ plot
@@ -468,7 +442,7 @@ def pareto_png(ok: pd.DataFrame, judged: bool) -> bytes | None:
     if judged:
         ycol, ylabel, ytitle = "overall", "judge overall (higher is better)", "judge overall"
     else:
-        ycol, ylabel, ytitle = "kld_mean", "KLD vs reference (lower is better)", "KLD"
+        ycol, ylabel, ytitle = "kld_mean", "KLD vs the baseline (lower is better)", "KLD"
     data = ok[ok[ycol].notna()] if ycol in ok else ok.iloc[0:0]
     if data.empty:
         return None
@@ -536,7 +510,7 @@ img { max-width: 100%; }
 """)
 
 
-def write_report(df: pd.DataFrame, records: list[CellRecord], out_dir: Path, *, baseline: str | None = None,
+def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, baseline: str | None = None,
                  max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1) -> None:
     """Write report.md, report.html and pareto.png into `out_dir`.
 
@@ -545,7 +519,7 @@ def write_report(df: pd.DataFrame, records: list[CellRecord], out_dir: Path, *, 
     than the `baseline` cell (FORMAT_PRECISION, e.g. gguf_fp16). Criteria without data are skipped.
     """
     out_dir = Path(out_dir)
-    report = Report(df, records, baseline, max_kld, min_top1)
+    report = Report(df, findings, baseline, max_kld, min_top1)
     sections = report.sections()
     png = pareto_png(report.ok, report.judged)
     if png is None:

@@ -32,14 +32,14 @@ def speed_stats(results: list[PromptResult], measured_on: str | None = None) -> 
     prompt_s = sum(g.ttft_s for g in timed)
     decode = [decode_tokens_and_seconds(g) for g in timed]
     decode_tokens, decode_s = sum(t for t, _ in decode), sum(s for _, s in decode)
-    peaks = [g.peak_memory_mb for g in timed if g.peak_memory_mb is not None]
+    peaks = [g.peak_rss_mb for g in timed if g.peak_rss_mb is not None]
     return SpeedStats(
         n=n,
         s_per_prompt=sum(g.wall_s for g in timed) / len(timed) if timed else math.nan,
         prompt_tps=sum(g.prompt_tokens for g in timed) / prompt_s if prompt_s > 0 else math.nan,
         gen_tps=decode_tokens / decode_s if decode_s > 0 else math.nan,
         ttft_s=prompt_s / len(timed) if timed else math.nan,
-        mean_completion_tokens=sum(g.completion_tokens for g in gens) / n,
+        mean_tokens=sum(g.completion_tokens for g in gens) / n,
         truncated_pct=100.0 * sum(g.finish_reason == "length" for g in gens) / n,
         peak_rss_mb=max(peaks) if peaks else None,
         stale_answers=n - len(timed),

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner import fidelity_stage, generation
+from runner.stages import fidelity as fidelity_stage
+from runner.stages import generate as generation
 from runner.contract import RenderedPrompt
 from runner.judges import rubric
-from runner.judges.base import make_judge
+from runner.judges import make_judge
 from runner.records import ArtifactInfo, RuntimeInfo, SamplerParams
 from runner.store import Store, hash_payload
 from runner.testing.fault_server import FaultServerProcess
@@ -47,11 +48,11 @@ def test_generation_key_covers_every_input(change):
 def test_generation_and_fidelity_keys_carry_a_code_version(monkeypatch):
     before = gen_key()
     stage = SimpleNamespace(artifact=ARTIFACT, runtime=RUNTIME)
-    ref_before = hash_payload(fidelity_stage.reference_key(stage, [[1, 2], [3, 4]], "sha", 256))
+    ref_before = hash_payload(fidelity_stage.baseline_key(stage, [[1, 2], [3, 4]], "sha", 256))
     monkeypatch.setattr(generation, "GENERATION_CODE_VERSION", generation.GENERATION_CODE_VERSION + 1)
     monkeypatch.setattr(fidelity_stage, "FIDELITY_CODE_VERSION", fidelity_stage.FIDELITY_CODE_VERSION + 1)
     assert gen_key() != before
-    assert hash_payload(fidelity_stage.reference_key(stage, [[1, 2], [3, 4]], "sha", 256)) != ref_before
+    assert hash_payload(fidelity_stage.baseline_key(stage, [[1, 2], [3, 4]], "sha", 256)) != ref_before
 
 
 def test_fidelity_keys_cover_every_input():
@@ -61,7 +62,7 @@ def test_fidelity_keys_cover_every_input():
     chunks = [[1, 2, 3], [4, 5, 6]]
 
     def ref(s=stage, c=chunks, sha="sha", k=256) -> str:
-        return hash_payload(fidelity_stage.reference_key(s, c, sha, k))
+        return hash_payload(fidelity_stage.baseline_key(s, c, sha, k))
 
     assert len({ref(), ref(s=other_art), ref(s=other_rt), ref(c=[[1, 2], [3, 4], [5, 6]]), ref(c=chunks[:1]),
                 ref(sha="sha2"), ref(k=None), ref(k=64)}) == 8

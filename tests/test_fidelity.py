@@ -22,7 +22,7 @@ def fidelity_sweep(tmp_path_factory):
     return sweep, pd.read_csv(sweep / "matrix.csv").query("status == 'ok'").set_index(["format", "precision"])
 
 
-def test_reference_against_itself_is_zero(fidelity_sweep):
+def test_baseline_against_itself_is_zero(fidelity_sweep):
     _, df = fidelity_sweep
     ref = df.loc[("gguf", "fp16")]
     assert abs(ref.kld_mean) < 1e-4 and ref.top1_pct == 100.0 and ref.dppl == 0.0
@@ -39,18 +39,18 @@ def test_kld_and_top1_rank_the_precisions(fidelity_sweep):
 
 
 def test_cross_engine_noise_floor_is_small(fidelity_sweep):
-    """MLX fp16 vs the GGUF F16 reference: the floor below which differences are engine noise."""
+    """MLX fp16 vs the GGUF F16 baseline: the floor below which differences are engine noise."""
     _, df = fidelity_sweep
     floor = df.loc[("mlx", "fp16")].kld_mean
     assert 0 <= floor < df.loc[("gguf", "q8_0")].kld_mean
     print(f"cross-engine noise floor (KLD mlx fp16 vs gguf F16): {floor:.2e}")
 
 
-def test_reference_computed_once_per_sweep(fidelity_sweep):
+def test_baseline_logprobs_computed_once_per_sweep(fidelity_sweep):
     sweep, _ = fidelity_sweep
     store = Store(sweep.parents[1] / "store")
-    assert len(store.builds("fidelity-ref")) == 1
-    assert len(store.builds("fidelity")) == 9  # every ok cell scored once (the reference too)
+    assert len(store.builds("fidelity-baseline")) == 1
+    assert len(store.builds("fidelity")) == 9  # every ok cell scored once (the baseline too)
 
 
 def test_records_carry_fidelity_and_answer_agreement(fidelity_sweep):
@@ -62,23 +62,23 @@ def test_records_carry_fidelity_and_answer_agreement(fidelity_sweep):
     assert pd.isna(df.loc[("gguf", "fp16")].answer_agreement)
     rec = read_cell_record(next(p for p in sweep.glob("*/result.json") if read_cell_record(p).status == "ok"
                                 and read_cell_record(p).cell.precision != "fp16"))
-    assert rec.fidelity.n_tokens == 6 * 255 and rec.fidelity.reference == "gguf_fp16"
+    assert rec.fidelity.n_tokens == 6 * 255 and rec.fidelity.baseline == "gguf_fp16"
     assert all(r.agreement and set(r.agreement) >= {"exact", "token_similarity"} for r in rec.results)
 
 
-def test_reference_built_on_demand_when_excluded_from_the_sweep(tmp_path):
+def test_baseline_built_on_demand_when_excluded_from_the_sweep(tmp_path):
     proc = run_runner(["format=mlx", "precision=4bit", *FID], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = (tmp_path / "runs").glob("*/result.json")
     rec = read_cell_record(path)
-    assert rec.fidelity.kld_mean > 0 and rec.fidelity.reference == "gguf_fp16"
+    assert rec.fidelity.kld_mean > 0 and rec.fidelity.baseline == "gguf_fp16"
 
 
-def test_mlx_reference_option(tmp_path):
+def test_mlx_baseline_option(tmp_path):
     proc = run_runner(["format=gguf", "precision=q4_0", "baseline=mlx_fp16", *FID], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = (tmp_path / "runs").glob("*/result.json")
-    assert read_cell_record(path).fidelity.reference == "mlx_fp16"
+    assert read_cell_record(path).fidelity.baseline == "mlx_fp16"
 
 
 def test_eval_text_shorter_than_a_chunk(tmp_path):

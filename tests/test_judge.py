@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from runner.judges import rubric
+from runner.judges import make_judge, rubric
 from runner.judges.aggregate import judge_columns
-from runner.judges.base import JudgeItem, make_judge
+from runner.judges.base import JudgeItem
 from runner.judges.local_server import free_port
 from runner.records import Judgment, to_json
 from runner.store import Store

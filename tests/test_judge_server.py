@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runner.judges.base import make_judge
+from runner.judges import make_judge
 from runner.judges.local_server import EXITED
 from runner.store import Store
 from test_judge import assert_honest, items, judge_cfg  # tests/ is on sys.path

@@ -39,17 +39,17 @@ def test_judged_sweep_with_faults(tmp_path):
         for path in sweep.glob("*/result.json"):
             rec = read_cell_record(path)
             if (rec.cell.format, rec.cell.precision) == ("gguf", "fp16"):
-                assert all(r.judgment is None for r in rec.results) and rec.judge_note
+                assert all(r.judgments == [] for r in rec.results) and rec.judge_note
                 continue
             for r in rec.results:
-                j = r.judgment
+                (j,) = r.judgments
                 assert j is not None and j.attempts >= 1
                 assert j.answer_truncated == (r.generation.finish_reason == "length")
                 if j.scores is None:
                     assert j.error  # a failure says why; it is never a score of 0
                 else:
                     assert all(1 <= v <= 10 for v in j.scores.values())
-            valid = [r.judgment.scores["overall"] for r in rec.results if r.judgment and r.judgment.scores]
+            valid = [j.scores["overall"] for r in rec.results for j in r.judgments if j.scores]
             row = df.loc[(rec.cell.format, rec.cell.precision)]
             if rec.status == "ok":
                 assert row.judged == f"{len(valid)}/{len(rec.results)}"
@@ -84,7 +84,7 @@ def test_unreachable_judge_records_failures_and_completes(tmp_path):
     (rec_path,) = (tmp_path / "runs").glob("*/result.json")
     rec = read_cell_record(rec_path)
     assert rec.status == "ok"
-    assert all(r.judgment.scores is None and r.judgment.error for r in rec.results)
+    assert all(j.scores is None and j.error for r in rec.results for j in r.judgments)
     df = pd.read_csv(rec_path.parent / "matrix.csv")
     assert df.judged[0] == "0/7" and math.isnan(df.overall[0]) and math.isnan(df.judge_cost_usd[0])
 
@@ -98,7 +98,7 @@ def test_judge_repeats_give_k_verdicts_and_a_noise_floor(tmp_path):
         assert server.stats()["requests"] == 3 * 7  # one request per (answer, repeat)
     (rec_path,) = (tmp_path / "runs").glob("*/result.json")
     rec = read_cell_record(rec_path)
-    assert all(r.judgment.scores and len(r.judge_repeats) == 2 for r in rec.results)
+    assert all(len(r.judgments) == 3 and all(j.scores for j in r.judgments) for r in rec.results)
     df = pd.read_csv(rec_path.parent / "matrix.csv")
     assert df.judged[0] == "21/21"
     assert "Judge noise floor: 7 answers were judged more than once" in (rec_path.parent / "report.md").read_text()

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, run_runner, sweep_dirs
 from runner.records import read_cell_record
+from runner.collect import main as collect_main
 from runner.replay import main
 from runner.testing.fault_server import FaultServerProcess
 
@@ -75,7 +76,7 @@ def assert_same_generations_and_scores(old: dict, new: dict, judged: bool = True
         assert fidelity_scores(new[job]) == fidelity_scores(rec)
         if judged:
             def scores(results):
-                return [r.judgment and r.judgment.scores for r in results]
+                return [[j.scores for j in r.judgments] for r in results]
             assert scores(new[job].results) == scores(rec.results)
 
 
@@ -132,7 +133,7 @@ def test_rejudge_with_no_judge_empties_judge_columns_only(sweep):
     assert new[JUDGE].isna().all().all() and (new["judge"] == "none").all()
     pd.testing.assert_frame_equal(old[FIDELITY_SPEED], new[FIDELITY_SPEED])
     rec = read_cell_record(sweep / "rejudge-none" / "1" / "result.json")
-    assert all(r.judgment is None for r in rec.results) and "judge=none" in rec.cell.overrides
+    assert all(r.judgments == [] for r in rec.results) and "judge=none" in rec.cell.overrides
     assert (sweep / "rejudge-none" / "report.md").exists()
 
 
@@ -149,10 +150,10 @@ def test_rejudge_with_another_rubric_setting(sweep):
 def test_rejudge_drops_every_old_verdict_including_judge_repeats(sweep, tmp_path):
     repeated, none = tmp_path / "repeated", tmp_path / "none"
     assert main(["rejudge", str(sweep), "judge.repeats=2", "--out", str(repeated)]) == 0
-    assert all(len(r.judge_repeats) == 1 for r in read_cell_record(repeated / "1" / "result.json").results)
+    assert all(len(r.judgments) == 2 for r in read_cell_record(repeated / "1" / "result.json").results)
     assert main(["rejudge", str(repeated), "judge=none", "--out", str(none)]) == 0
     rec = read_cell_record(none / "1" / "result.json")
-    assert all(r.judgment is None and r.judge_repeats == [] for r in rec.results)
+    assert all(r.judgments == [] for r in rec.results)
 
 
 def test_rejudge_against_the_baseline_needs_the_baseline_cell(sweep, tmp_path, capsys):
@@ -168,7 +169,7 @@ def test_collect_a_copy_elsewhere_without_engines(sweep, tmp_path):
     copy = shutil.copytree(sweep, tmp_path / "elsewhere" / "sweep", ignore=shutil.ignore_patterns("rejudge-*"))
     for name in ("matrix.csv", "matrix.md", "report.md", "report.html", "pareto.png"):
         (copy / name).unlink()
-    code = ("import sys; from runner.replay import main; rc = main(['collect', sys.argv[1]]); "
+    code = ("import sys; from runner.collect import main; rc = main([sys.argv[1]]); "
             "assert not {'mlx', 'llama_cpp'} & {m.split('.')[0] for m in sys.modules}, 'an engine was imported'; "
             "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(copy)], cwd=tmp_path, capture_output=True, text=True,
@@ -197,7 +198,10 @@ def test_report_and_statistics_of_the_real_sweep(sweep):
 
 
 def test_bad_sweep_dirs_give_one_clear_error(sweep, tmp_path, capsys):
-    assert main(["collect", str(tmp_path)]) == 2
+    assert collect_main([str(tmp_path)]) == 2
+    assert "not a sweep or run dir (no multirun.yaml, numbered job dirs or result.json)" in capsys.readouterr().err
+    (tmp_path / "0").mkdir()
+    assert main(["rejudge", str(tmp_path), "judge=none"]) == 2
     assert "not a sweep dir (no multirun.yaml)" in capsys.readouterr().err
 
     missing = shutil.copytree(sweep, tmp_path / "missing", ignore=shutil.ignore_patterns("rejudge-*"))
@@ -216,6 +220,6 @@ def test_bad_sweep_dirs_give_one_clear_error(sweep, tmp_path, capsys):
 def test_partial_sweep_collects_and_lists_the_failure(sweep, tmp_path):
     partial = shutil.copytree(sweep, tmp_path / "partial", ignore=shutil.ignore_patterns("rejudge-*"))
     (partial / "2" / "result.json").unlink()  # a job killed before it wrote its record
-    assert main(["collect", str(partial)]) == 0
+    assert collect_main([str(partial)]) == 0
     failed = (partial / "report.md").read_text().split("## Failed cells")[1].split("##")[0]
     assert "mlx fp16" in failed and "no result.json: the job did not finish" in failed

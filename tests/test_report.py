@@ -9,7 +9,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from runner.collect import build_matrix
+from runner import fairness
+from runner.matrix import build_matrix
 from runner.report import write_report
 from test_summary import answer, cell_record  # the synthetic record builder (tests/ is on sys.path)
 
@@ -33,7 +34,7 @@ def sweep_records(judged: bool = True, max_tokens_of_q8: int = 8, q4_overall: fl
 
 def report(tmp_path: Path, records, **options) -> str:
     df = build_matrix(records, baseline="gguf_fp16")
-    write_report(df, records, tmp_path, baseline="gguf_fp16", **options)
+    write_report(df, fairness.find(records), tmp_path, baseline="gguf_fp16", **options)
     return (tmp_path / "report.md").read_text()
 
 
@@ -124,7 +125,7 @@ def test_baseline_reference_mode_is_explained_and_not_self_graded(tmp_path):
         rec.judge_reference = "baseline"
     base = records[0]
     for r in base.results:
-        r.judgment = None
+        r.judgments = []
     base.judge_note = "baseline cell: not graded against its own answers (judge.reference=baseline)"
     md = report(tmp_path, records)
     assert "**The baseline is not graded against itself**" in md
@@ -137,14 +138,14 @@ def test_html_escapes_everything_from_the_sweep(tmp_path):
     evil.mkdir()
     records = sweep_records()
     records[5].reason = "<img src=x onerror=alert(2)>"
-    write_report(build_matrix(records, baseline="gguf_fp16"), records, evil, baseline="gguf_fp16")
+    write_report(build_matrix(records, baseline="gguf_fp16"), fairness.find(records), evil, baseline="gguf_fp16")
     html = (evil / "report.html").read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;script&gt;" in html
     assert "<img src=x" not in html and "<strong>" in html  # our own markup still renders
 
 
 def test_matrix_md_shows_the_headline_columns_and_csv_keeps_all(tmp_path):
-    from runner.collect import HEADLINE, write_matrix
+    from runner.matrix import HEADLINE, write_matrix
 
     df = build_matrix(sweep_records(), baseline="gguf_fp16")
     write_matrix(df, tmp_path)

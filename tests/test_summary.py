@@ -12,7 +12,8 @@ from runner.identity import find_baseline
 from runner.records import (ArtifactInfo, CellIdentity, CellRecord, FidelityResult, Generation, GenerationContract,
                             HostInfo, Judgment, PromptResult, RuntimeInfo, SamplerParams)
 from runner.speed import speed_stats
-from runner.summary import judge_noise, parallel_cells, stat_columns
+from runner.fairness import parallel_cells
+from runner.matrix_stats import judge_noise, stat_columns
 
 CATEGORIES = ("code", "factual")
 
@@ -23,13 +24,13 @@ def answer(pid: str, repeat: int, overall: float | None, *, gen_tps: float = 100
     gen = Generation(text=text or f"answer {pid}", token_ids=list(range(tokens)), prompt_tokens=20,
                      completion_tokens=tokens, finish_reason="length", ttft_s=0.01, prompt_tps=2000.0,
                      gen_tps=gen_tps, wall_s=wall_s)
-    judgment = None if overall is None else Judgment(
+    judgments = [] if overall is None else [Judgment(
         "judge-model", "v1", scores={c: int(overall) for c in ("overall", "accuracy", "coherence", "relevance")},
-        key=key or f"{pid}-{repeat}-{overall}-{gen_tps}")
+        key=key or f"{pid}-{repeat}-{overall}-{gen_tps}")]
     return PromptResult(prompt_id=pid, category=CATEGORIES[int(pid[1:]) % 2], repeat=repeat,
                         prompt_text=f"prompt {pid}", reference=None, rendered_prompt=f"<user>prompt {pid}",
                         prompt_token_ids_sha=f"sha-{pid}", generation_key=f"gen-{pid}-{repeat}", generation=gen,
-                        answer=gen.text, judgment=judgment,
+                        answer=gen.text, judgments=judgments,
                         agreement={"exact": agreement, "token_similarity": agreement, "prefix_match": agreement})
 
 
@@ -42,8 +43,8 @@ def cell_record(fmt: str, precision: str, results: list[PromptResult], *, job: i
     if status != "ok":
         return CellRecord(cell=ident, status=status, reason=reason)
     fidelity = None if kld is None else FidelityResult(
-        reference="gguf_fp16", n_tokens=1000, kld_mean=kld, kld_se=kld / 10, kld_median=kld, kld_p99=3 * kld,
-        kld_max=5 * kld, top1_pct=top1, ppl=10.0 + kld, ref_ppl=10.0, dppl=kld, rms_dp=kld, n_chunks=4)
+        baseline="gguf_fp16", n_tokens=1000, kld_mean=kld, kld_se=kld / 10, kld_median=kld, kld_p99=3 * kld,
+        kld_max=5 * kld, top1_pct=top1, ppl=10.0 + kld, baseline_ppl=10.0, dppl=kld, rms_dp=kld, n_chunks=4)
     return CellRecord(
         cell=ident, status="ok",
         artifact=ArtifactInfo(key=f"{fmt}-{precision}", path="/x", size_bytes=int(size_gb * 1e9),
@@ -67,7 +68,7 @@ def test_ci_contains_the_mean_and_shrinks_with_more_repeats():
     for k in (2, 8, 32):
         rec = noisy_cell("gguf", "q4_0", prompts=5, repeats=k)
         (cols,) = stat_columns([rec], baseline=None)
-        overall = np.mean([r.judgment.scores["overall"] for r in rec.results])
+        overall = np.mean([r.judgments[0].scores["overall"] for r in rec.results])
         assert cols["overall_lo"] <= overall <= cols["overall_hi"]
         assert cols["gen_tps_lo"] <= rec.speed.gen_tps <= cols["gen_tps_hi"]  # the matrix's token-weighted rate
         assert cols["s_per_prompt_lo"] <= rec.speed.s_per_prompt <= cols["s_per_prompt_hi"]
@@ -111,7 +112,7 @@ def test_holm_correction_across_cells_and_criteria():
     def build(precision: str, job: int, overall: int) -> CellRecord:
         results = [answer(f"p{i}", 0, 5) for i in range(8)]
         for r in results:
-            r.judgment.scores["overall"] = overall  # only `overall` moves; the other criteria stay at 5
+            r.judgments[0].scores["overall"] = overall  # only `overall` moves; the other criteria stay at 5
         return cell_record("gguf", precision, results, job=job)
 
     base = build("fp16", 0, 5)

@@ -13,7 +13,7 @@ from runner.store import Store
 
 OK_CELLS = {("mlx", "fp16"), ("mlx", "8bit"), ("mlx", "4bit"), ("gguf", "fp16"), ("gguf", "q6_k"),
             ("gguf", "q5_k_m"), ("gguf", "q4_k_m"), ("gguf", "q4_0")}
-MATRIX_COLUMNS = ["model", "format", "precision", "bits_per_weight", "size_gb", "quantize_s", "s_per_prompt",
+MATRIX_COLUMNS = ["model", "format", "precision", "bits_per_weight", "size_gb", "build_s", "s_per_prompt",
                   "prompt_tps", "gen_tps", "ttft_s", "mean_tokens", "truncated_pct", "peak_rss_mb", "status", "reason"]
 
 

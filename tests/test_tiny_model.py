@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.testing.tiny_model import build_tiny_model
+from runner.tiny_model import build_tiny_model
 
 EXPECTED_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer.model", "tokenizer_config.json"}

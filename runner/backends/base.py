@@ -73,7 +73,7 @@ def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, st
         text="", token_ids=tokens, prompt_tokens=len(prompt_ids), completion_tokens=len(tokens),
         finish_reason=finish, ttft_s=ttft, prompt_tps=len(prompt_ids) / ttft if ttft > 0 else math.nan,
         gen_tps=n_after_first / decode_s if decode_s > 0 and n_after_first > 0 else math.nan,
-        wall_s=wall, peak_memory_mb=peak_rss_mb(),
+        wall_s=wall, peak_rss_mb=peak_rss_mb(),
     )
 
 

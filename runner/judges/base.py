@@ -1,11 +1,9 @@
-"""Judge interface: what a judge sees (`JudgeItem`), what it must do (`Judge`), and `make_judge`."""
+"""Judge interface: what a judge sees (`JudgeItem`) and what it must do (`Judge`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from runner.records import Judgment
@@ -44,16 +42,3 @@ class Judge(Protocol):
 
     def judge_all(self, items: list[JudgeItem], store: Store) -> list[Judgment]:
         """One judgment per item, same order. Per-item failures are records (scores None), not raises."""
-
-
-def make_judge(judge_cfg: DictConfig | dict[str, Any]) -> Judge | None:
-    """Build the judge named by `judge_cfg.name`; None for `none`."""
-    cfg = OmegaConf.to_container(judge_cfg, resolve=True) if isinstance(judge_cfg, DictConfig) else dict(judge_cfg)
-    name = cfg.get("name")
-    if name == "none":
-        return None
-    if name in ("openai", "local"):
-        from runner.judges.openai_judge import OpenAIJudge, settings_from_cfg
-
-        return OpenAIJudge(settings_from_cfg(cfg))
-    raise ValueError(f"judge.name {name!r} is unknown; options: {list(JUDGE_NAMES)} (conf/judge/)")

@@ -41,7 +41,7 @@ class JudgeSettings:
     name: str
     model: str | None
     rubric_version: str
-    reference: str = "none"  # which reference the pipeline passes in: baseline | prompt | none
+    reference: str = "none"  # the reference answer the judge sees: baseline | prompt | none
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     response_format: str = "json_schema"

@@ -1,19 +1,19 @@
-"""Objective fidelity of a quantized model vs its FP16 reference on identical token ids.
+"""Objective fidelity of a build vs the baseline build (e.g. FP16) on identical token ids.
 
 Like `llama-perplexity --kl-divergence`: the eval text is tokenized once, split into chunks, and each
 backend returns per chunk `logp` [chunk_len, vocab], the next-token log-softmax (row i predicts token
-i + 1). The reference run is stored, the test runs are compared against it position by position.
+i + 1). The baseline run is stored, the test runs are compared against it position by position.
 
-Storage. Keeping full reference rows costs N×vocab×4 bytes (~300 MB per 512-token chunk at a 150k
-vocab), so the reference keeps per position only its top-k token ids (int32) and their log-probs
+Storage. Keeping full baseline rows costs N×vocab×4 bytes (~300 MB per 512-token chunk at a 150k
+vocab), so the baseline keeps per position only its top-k token ids (int32) and their log-probs
 (float32), N×k×8 bytes, plus the log tail mass outside the top-k, the log-prob of the actual next
-token and the argmax id. One chunk is one `.npz` with the arrays of `REFERENCE_KEYS`.
+token and the argmax id. One chunk is one `.npz` with the arrays of `BASELINE_KEYS`.
 
-Error. KLD(ref||test) is computed on the coarsened distributions {top-k ids of the ref, one lumped tail
+Error. KLD(base||test) is computed on the coarsened distributions {top-k ids of the base, one lumped tail
 bucket}; both sides are projected with the same partition. Merging outcomes can only lose
 information, so this is a lower bound of the full KLD (data processing inequality). The part lost is
-the KLD *inside* the tail, p_tail_ref × KLD(ref_tail || test_tail) where both are the renormalised
-tail distributions, so the error is small whenever the ref's tail mass is small; with k = vocab the
+the KLD *inside* the tail, p_tail_base × KLD(base_tail || test_tail) where both are the renormalised
+tail distributions, so the error is small whenever the base's tail mass is small; with k = vocab the
 tail is empty and the value is exact. A model against itself gives exactly 0: both sides go through
 the same code and the same float32 rounding.
 
@@ -22,7 +22,7 @@ the non-top-k entries directly, not 1 - sum(top-k), which would cancel catastrop
 is tiny. Rows are renormalised (the inputs need not sum to exactly 1). Every log-prob is floored at
 `LOG_FLOOR` = log(1e-30): an empty tail (k = vocab), masked tokens (-inf logits) and tails that
 underflow then give finite terms. The floor changes a term by at most 1e-30 × |log ratio|, except
-where the test puts < 1e-30 on a token the ref finds likely: the true KLD is then unbounded and the
+where the test puts < 1e-30 on a token the base finds likely: the true KLD is then unbounded and the
 reported one is a finite lower bound.
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 from runner.records import FidelityResult
 
 LOG_FLOOR = float(np.log(1e-30))
-REFERENCE_KEYS = ("top_ids", "top_logp", "tail_logp", "next_ids", "next_logp", "argmax", "vocab")
+BASELINE_KEYS = ("top_ids", "top_logp", "tail_logp", "next_ids", "next_logp", "argmax", "vocab")
 _BLOCK_ELEMS = 1 << 22  # float64 work block: 32 MB, a few temporaries of it at a time
 
 
@@ -46,12 +46,12 @@ _BLOCK_ELEMS = 1 << 22  # float64 work block: 32 MB, a few temporaries of it at 
 class ChunkStats:
     """Per-position comparison of one chunk (all arrays have one entry per evaluated position)."""
 
-    kld: np.ndarray  # KLD(ref || test), nats
-    top1_match: np.ndarray  # bool: test argmax == ref argmax
+    kld: np.ndarray  # KLD(base || test), nats
+    top1_match: np.ndarray  # bool: test argmax == base argmax
     nll_test: np.ndarray  # -log p_test(actual next token)
-    nll_ref: np.ndarray
+    nll_base: np.ndarray
     p_test: np.ndarray  # p_test(actual next token)
-    p_ref: np.ndarray
+    p_base: np.ndarray
 
 
 def _top_ids(x: np.ndarray, k: int) -> np.ndarray:
@@ -63,9 +63,9 @@ def _top_ids(x: np.ndarray, k: int) -> np.ndarray:
 
 def _project(logp: np.ndarray, next_ids: np.ndarray, top_k: int = 0,
              top_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Project the first len(next_ids) rows onto {top ids, tail}: the reference format.
+    """Project the first len(next_ids) rows onto {top ids, tail}: the baseline format.
 
-    `top_ids` given: use them (the test side, projected on the ref's partition); otherwise each row's
+    `top_ids` given: use them (the test side, projected on the base's partition); otherwise each row's
     own top `top_k`.
     """
     n = len(next_ids)
@@ -110,8 +110,8 @@ def _project(logp: np.ndarray, next_ids: np.ndarray, top_k: int = 0,
     }
 
 
-def reference_from_logprobs(logp: np.ndarray, top_k: int, next_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Bounded reference for the positions predicting `next_ids` (row i predicts next_ids[i]).
+def baseline_from_logprobs(logp: np.ndarray, top_k: int, next_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Bounded baseline for the positions predicting `next_ids` (row i predicts next_ids[i]).
 
     `next_ids` is needed here because the actual next token is often outside the top-k. `top_k` above
     the vocab keeps the whole vocab (exact KLD).
@@ -121,44 +121,44 @@ def reference_from_logprobs(logp: np.ndarray, top_k: int, next_ids: np.ndarray) 
     return _project(logp, np.asarray(next_ids), top_k=top_k)
 
 
-def save_reference_chunk(path: str | Path, ref: dict[str, np.ndarray]) -> None:
-    """Write one chunk's reference to exactly `path` (uncompressed npz)."""
+def save_baseline_chunk(path: str | Path, base: dict[str, np.ndarray]) -> None:
+    """Write one chunk's baseline to exactly `path` (uncompressed npz)."""
     with open(path, "wb") as f:
-        np.savez(f, **{k: ref[k] for k in REFERENCE_KEYS})
+        np.savez(f, **{k: base[k] for k in BASELINE_KEYS})
 
 
-def load_reference_chunk(path: str | Path) -> dict[str, np.ndarray]:
+def load_baseline_chunk(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
-        missing = set(REFERENCE_KEYS) - set(z.files)
+        missing = set(BASELINE_KEYS) - set(z.files)
         if missing:
-            raise ValueError(f"{path}: not a fidelity reference (missing {sorted(missing)})")
-        return {k: z[k] for k in REFERENCE_KEYS}
+            raise ValueError(f"{path}: not a fidelity baseline (missing {sorted(missing)})")
+        return {k: z[k] for k in BASELINE_KEYS}
 
 
-def chunk_stats(ref: dict[str, np.ndarray], test_logp: np.ndarray, next_ids: np.ndarray) -> ChunkStats:
-    """Compare a test chunk against its reference; rows past len(next_ids) are ignored."""
+def chunk_stats(base: dict[str, np.ndarray], test_logp: np.ndarray, next_ids: np.ndarray) -> ChunkStats:
+    """Compare a test chunk against its baseline; rows past len(next_ids) are ignored."""
     next_ids = np.asarray(next_ids)
-    if not np.array_equal(ref["next_ids"], next_ids):
-        raise ValueError("the reference was built on different token ids than this chunk")
-    ref_vocab = int(ref["vocab"])
-    if test_logp.ndim != 2 or test_logp.shape[1] != ref_vocab:
-        raise ValueError(f"test vocab {test_logp.shape[-1]} != reference vocab {ref_vocab}; use align_vocab")
-    test = _project(test_logp, next_ids, top_ids=ref["top_ids"])
-    lr, lt = ref["top_logp"].astype(np.float64), test["top_logp"].astype(np.float64)
-    tr, tt = ref["tail_logp"].astype(np.float64), test["tail_logp"].astype(np.float64)
+    if not np.array_equal(base["next_ids"], next_ids):
+        raise ValueError("the baseline was built on different token ids than this chunk")
+    base_vocab = int(base["vocab"])
+    if test_logp.ndim != 2 or test_logp.shape[1] != base_vocab:
+        raise ValueError(f"test vocab {test_logp.shape[-1]} != baseline vocab {base_vocab}; use align_vocab")
+    test = _project(test_logp, next_ids, top_ids=base["top_ids"])
+    lr, lt = base["top_logp"].astype(np.float64), test["top_logp"].astype(np.float64)
+    tr, tt = base["tail_logp"].astype(np.float64), test["tail_logp"].astype(np.float64)
     kld = (np.exp(lr) * (lr - lt)).sum(axis=1) + np.exp(tr) * (tr - tt)
-    nr, nt = ref["next_logp"].astype(np.float64), test["next_logp"].astype(np.float64)
+    nr, nt = base["next_logp"].astype(np.float64), test["next_logp"].astype(np.float64)
     return ChunkStats(
         kld=np.maximum(kld, 0.0),  # float32 storage can leave ~-1e-8 where the true value is >= 0
-        top1_match=test["argmax"] == ref["argmax"],
+        top1_match=test["argmax"] == base["argmax"],
         nll_test=-nt,
-        nll_ref=-nr,
+        nll_base=-nr,
         p_test=np.exp(nt),
-        p_ref=np.exp(nr),
+        p_base=np.exp(nr),
     )
 
 
-def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
+def summarize(stats: list[ChunkStats], baseline: str, text_sha: str = "",
               warnings: Iterable[str] = ()) -> FidelityResult:
     """Aggregate all positions of all chunks (llama.cpp's summary statistics)."""
     def cat(name: str) -> np.ndarray:
@@ -168,14 +168,14 @@ def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
     n = len(kld)
     if n == 0:
         raise ValueError("no positions to summarize")
-    ppl, ref_ppl = float(np.exp(cat("nll_test").mean())), float(np.exp(cat("nll_ref").mean()))
+    ppl, baseline_ppl = float(np.exp(cat("nll_test").mean())), float(np.exp(cat("nll_base").mean()))
     # Positions within a chunk share their context and are correlated: the SE comes from per-chunk means
     # (batch means), weighted by chunk length, not from the per-position spread.
     sizes = np.array([len(s.kld) for s in stats], np.float64)
     chunk_means = np.array([s.kld.mean() for s in stats if len(s.kld)])
     kld_se = float(np.sqrt(np.sum((sizes / n) ** 2) * chunk_means.var(ddof=1))) if len(chunk_means) > 1 else float("nan")
     return FidelityResult(
-        reference=reference,
+        baseline=baseline,
         n_tokens=n,
         kld_mean=float(kld.mean()),
         kld_se=kld_se,
@@ -184,9 +184,9 @@ def summarize(stats: list[ChunkStats], reference: str, text_sha: str = "",
         kld_max=float(kld.max()),
         top1_pct=float(100.0 * cat("top1_match").mean()),
         ppl=ppl,
-        ref_ppl=ref_ppl,
-        dppl=ppl - ref_ppl,
-        rms_dp=float(100.0 * np.sqrt(np.mean((cat("p_test") - cat("p_ref")) ** 2))),
+        baseline_ppl=baseline_ppl,
+        dppl=ppl - baseline_ppl,
+        rms_dp=float(100.0 * np.sqrt(np.mean((cat("p_test") - cat("p_base")) ** 2))),
         text_sha=text_sha,
         warnings=list(warnings),
         n_chunks=len(stats),
@@ -205,39 +205,39 @@ def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def align_vocab(ref_vocab: int, test_logp: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """Bring a test chunk to the reference vocab: (log-probs, warning or None).
+def align_vocab(base_vocab: int, test_logp: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Bring a test chunk to the baseline vocab: (log-probs, warning or None).
 
     A larger test vocab (padded embedding rows) is cut to the shared prefix and renormalised; the
     warning gives the mean probability mass that sat on the dropped ids. A smaller one cannot hold
-    the reference's ids and raises.
+    the baseline's ids and raises.
     """
     test_vocab = test_logp.shape[1]
-    if test_vocab < ref_vocab:
-        raise ValueError(f"test vocab {test_vocab} is smaller than reference vocab {ref_vocab}")
-    if test_vocab == ref_vocab:
+    if test_vocab < base_vocab:
+        raise ValueError(f"test vocab {test_vocab} is smaller than baseline vocab {base_vocab}")
+    if test_vocab == base_vocab:
         return test_logp, None
-    lse_prefix = _logsumexp_rows(test_logp[:, :ref_vocab])
-    lse_extra = _logsumexp_rows(test_logp[:, ref_vocab:])
+    lse_prefix = _logsumexp_rows(test_logp[:, :base_vocab])
+    lse_extra = _logsumexp_rows(test_logp[:, base_vocab:])
     with np.errstate(over="ignore"):
         dropped = float(np.mean(1.0 / (1.0 + np.exp(lse_prefix - lse_extra))))
-    aligned = (test_logp[:, :ref_vocab] - lse_prefix[:, None].astype(np.float32)).astype(np.float32)
-    warning = (f"test vocab {test_vocab} > reference vocab {ref_vocab}: compared on the first {ref_vocab} "
+    aligned = (test_logp[:, :base_vocab] - lse_prefix[:, None].astype(np.float32)).astype(np.float32)
+    warning = (f"test vocab {test_vocab} > baseline vocab {base_vocab}: compared on the first {base_vocab} "
                f"ids, renormalised (mean mass dropped {dropped:.2e})")
     return aligned, warning
 
 
-def answer_agreement(ref_ids: list[int], test_ids: list[int]) -> dict[str, float]:
-    """How far a test answer's tokens drift from the reference answer's (1.0 = identical)."""
-    ref_ids, test_ids = list(ref_ids), list(test_ids)
-    longest = max(len(ref_ids), len(test_ids))
+def answer_agreement(base_ids: list[int], test_ids: list[int]) -> dict[str, float]:
+    """How far a test answer's tokens drift from the baseline answer's (1.0 = identical)."""
+    base_ids, test_ids = list(base_ids), list(test_ids)
+    longest = max(len(base_ids), len(test_ids))
     prefix = 0
-    for a, b in zip(ref_ids, test_ids):
+    for a, b in zip(base_ids, test_ids):
         if a != b:
             break
         prefix += 1
     return {
-        "exact": float(ref_ids == test_ids),
-        "token_similarity": difflib.SequenceMatcher(None, ref_ids, test_ids, autojunk=False).ratio(),
+        "exact": float(base_ids == test_ids),
+        "token_similarity": difflib.SequenceMatcher(None, base_ids, test_ids, autojunk=False).ratio(),
         "prefix_match": prefix / longest if longest else 1.0,
     }

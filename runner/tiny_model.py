@@ -271,5 +271,5 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m runner.testing.tiny_model OUT_DIR")
+        sys.exit("usage: python -m runner.tiny_model OUT_DIR")
     print(build_tiny_model(sys.argv[1]))

@@ -29,7 +29,6 @@ import numpy as np
 from runner.host import measured_on
 from runner.identity import answer_key, find_baseline
 from runner.judges.rubric import CRITERIA
-from runner.judging import all_judgments
 from runner.metrics.stats import (MIN_PROMPTS_FOR_CI, cluster_mean_ci, cluster_ratio_ci, holm,
                                   min_prompts_for_significance, paired_prompt_delta)
 from runner.records import CellRecord, PromptResult
@@ -43,7 +42,7 @@ Getter = Callable[[PromptResult], float]
 
 def _score(criterion: str) -> Getter:
     def get(r: PromptResult) -> float:  # mean over judge repeats
-        scores = [j.scores[criterion] for j in all_judgments(r) if j.scores is not None]
+        scores = [j.scores[criterion] for j in r.judgments if j.scores is not None]
         return float(np.mean(scores)) if scores else math.nan
     return get
 
@@ -181,7 +180,7 @@ def judge_noise(records: list[CellRecord]) -> JudgeNoise | None:
     groups: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
     for rec in records:
         for r in rec.results:
-            for j in all_judgments(r):
+            for j in r.judgments:
                 if j.scores is not None:
                     groups[(r.prompt_id, r.repeat, r.answer)][j.key or id(j)] = float(j.scores["overall"])
     diffs, n_groups, n_judgments = [], 0, 0
@@ -195,20 +194,3 @@ def judge_noise(records: list[CellRecord]) -> JudgeNoise | None:
     if not diffs:
         return None
     return JudgeNoise(n_groups, n_judgments, float(np.mean(diffs)), float(np.max(diffs)))
-
-
-def parallel_cells(records: list[CellRecord]) -> list[CellRecord]:
-    """Cells that generated answers while another cell of the sweep was running on the same machine."""
-    out = []
-    for rec in records:
-        gen = rec.windows.get("generate")
-        if not gen or rec.host is None or all(r.cache_hit for r in rec.results):
-            continue
-        for other in records:
-            w = other.windows.get("cell")
-            same_machine = other.host is not None and (other.host.hostname, other.host.fingerprint) == (
-                rec.host.hostname, rec.host.fingerprint)
-            if other is not rec and w and same_machine and w[0] < gen[1] and gen[0] < w[1]:
-                out.append(rec)
-                break
-    return out

@@ -1,6 +1,7 @@
-"""The judge stage: prompt results (+ optional references) → JudgeItems → judgments on the results.
+"""The judge stage: prompt results (+ optional reference answers) → JudgeItems → judgments on the results.
 
-Sweeps and `replay rejudge` both judge a cell through `judge_cell`.
+Sweeps and `replay rejudge` both judge a cell through `judge_cell`. The judgment cache key is made by the
+judge itself (`OpenAIJudge.cache_payload`): only it knows what identifies its verdicts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ BASELINE_NOT_SELF_GRADED = ("baseline cell: not graded against its own answers (
 
 def judge_items(results: list[PromptResult], mode: str,
                 baseline_answers: dict[tuple[str, int], str] | None) -> list[JudgeItem]:
-    """What the judge sees: prompt, category, answer (thinking stripped), truncation flag and a reference.
+    """What the judge sees: prompt, category, answer (thinking stripped), truncation flag and a reference answer.
 
     Never the format or precision: a judge must not know which build wrote the answer.
     """
@@ -38,7 +39,7 @@ def judge_items(results: list[PromptResult], mode: str,
 
 def apply_judge(judge: Judge, store: Store, results: list[PromptResult], mode: str,
                 baseline_answers: dict[tuple[str, int], str] | None) -> None:
-    """Judge every result in place (`result.judgment`); per-item failures are recorded, not raised."""
+    """Judge every result in place (`result.judgments`, one per judge repeat); failures are recorded, not raised."""
     items = judge_items(results, mode, baseline_answers)
     repeats = [[dataclasses.replace(i, repeat=k) for i in items] for k in range(judge.repeats)]
     verdicts = judge.judge_all([i for batch in repeats for i in batch], store)
@@ -46,7 +47,7 @@ def apply_judge(judge: Judge, store: Store, results: list[PromptResult], mode: s
         mine = verdicts[n::len(items)]
         for j in mine:
             j.answer_truncated = item.truncated
-        r.judgment, r.judge_repeats = mine[0], mine[1:]
+        r.judgments = mine
 
 
 def judge_cell(judge: Judge | None, store: Store, record: CellRecord, mode: str, is_baseline: bool,
@@ -59,14 +60,14 @@ def judge_cell(judge: Judge | None, store: Store, record: CellRecord, mode: str,
     record.judge_reference = mode if judge is not None else "none"
     record.judge_note = None
     for r in record.results:
-        r.judgment, r.judge_repeats = None, []
+        r.judgments = []
     if judge is None or not record.results:
         return
     if mode == "baseline" and is_baseline:
         record.judge_note = BASELINE_NOT_SELF_GRADED
         return
     apply_judge(judge, store, record.results, mode, baseline_answers)
-    record.judge_note = failure_note([j for r in record.results for j in all_judgments(r)])
+    record.judge_note = failure_note([j for r in record.results for j in r.judgments])
 
 
 def failure_note(judgments: list[Judgment]) -> str | None:
@@ -76,8 +77,3 @@ def failure_note(judgments: list[Judgment]) -> str | None:
         return None
     error, _ = Counter(errors).most_common(1)[0]
     return f"{len(errors)} of {len(judgments)} judgments failed: {error}"
-
-
-def all_judgments(result: PromptResult) -> list[Judgment]:
-    """Every verdict on one answer (one per judge repeat); empty when it was not judged."""
-    return [] if result.judgment is None else [result.judgment, *result.judge_repeats]

@@ -1,31 +1,29 @@
-"""The fidelity stage: this cell's next-token distributions vs the reference build's on identical token ids.
+"""The fidelity stage: this cell's next-token distributions vs the baseline build's on identical token ids.
 
-The reference's top-k log-probs are computed once per (reference artifact, eval tokens, chunking) and
-kept in the artifact store; every cell then streams its own log-probs chunk by chunk (bounded memory).
-`fidelity.top_k: all` keeps the whole vocabulary: exact KLD, reference storage N × vocab × 8 bytes.
+The baseline's top-k log-probs are computed once per (baseline artifact, eval tokens, chunking) and kept
+in the artifact store; every cell then streams its own log-probs chunk by chunk (bounded memory).
+`fidelity.top_k: all` keeps the whole vocabulary: exact KLD, storage N × vocab × 8 bytes.
+This module builds both of its cache keys (`baseline_key`, `score_key`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from runner.backends.base import Session
 from runner.contract import ChatRenderer, token_ids_sha
-from runner.generation import runtime_key
 from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
 from runner.records import FidelityResult, from_dict
+from runner.stages.generate import GenerationStage, runtime_key
 from runner.store import Entry, Store
 
-if TYPE_CHECKING:
-    from runner.generation import GenerationStage
-
-DEFAULT_TEXT = Path(__file__).parent / "data" / "fidelity_eval.txt"
-# Bump whenever log-prob extraction, the reference format or scoring code changes.
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "fidelity_eval.txt"
+# Bump whenever log-prob extraction, the stored baseline format, scoring code or the result record changes.
 FIDELITY_CODE_VERSION = 2
 
 
@@ -62,63 +60,63 @@ def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[l
     return chunks, sha
 
 
-def reference_key(ref: GenerationStage, chunks: list[list[int]], tokens_sha: str, top_k: int | None) -> dict[str, Any]:
-    return {"code_version": FIDELITY_CODE_VERSION, "reference": ref.artifact.key, "runtime": runtime_key(ref.runtime),
+def baseline_key(base: GenerationStage, chunks: list[list[int]], tokens_sha: str, top_k: int | None) -> dict[str, Any]:
+    return {"code_version": FIDELITY_CODE_VERSION, "baseline": base.artifact.key, "runtime": runtime_key(base.runtime),
             "tokens": tokens_sha, "chunk_len": len(chunks[0]), "n_chunks": len(chunks), "top_k": top_k}
 
 
-def score_key(reference: Entry, own: GenerationStage, name: str) -> dict[str, Any]:
-    return {"code_version": FIDELITY_CODE_VERSION, "reference": reference.key, "artifact": own.artifact.key,
+def score_key(baseline: Entry, own: GenerationStage, name: str) -> dict[str, Any]:
+    return {"code_version": FIDELITY_CODE_VERSION, "baseline": baseline.key, "artifact": own.artifact.key,
             "runtime": runtime_key(own.runtime), "name": name}
 
 
-def reference_entry(store: Store, ref: GenerationStage, chunks: list[list[int]], tokens_sha: str,
-                    top_k: int | None) -> Entry:
-    """Build (once, under the store's lock) or reuse the reference's top-k log-probs."""
+def baseline_entry(store: Store, base: GenerationStage, chunks: list[list[int]], tokens_sha: str,
+                   top_k: int | None) -> Entry:
+    """Build (once, under the store's lock) or reuse the baseline's top-k log-probs."""
     def build(tmp: Path) -> dict[str, Any]:
-        session = ref.session()
+        session = base.session()
         vocab = 0
         for i, chunk in enumerate(chunks):
             logp = session.logprobs(chunk)
             vocab = logp.shape[1]
             k = vocab if top_k is None else top_k
-            fidelity.save_reference_chunk(tmp / f"chunk_{i:04d}.npz",
-                                          fidelity.reference_from_logprobs(logp[:-1], k, np.asarray(chunk[1:])))
+            fidelity.save_baseline_chunk(tmp / f"chunk_{i:04d}.npz",
+                                         fidelity.baseline_from_logprobs(logp[:-1], k, np.asarray(chunk[1:])))
         return {"vocab": int(vocab)}
 
-    return store.get_or_build("fidelity-ref", reference_key(ref, chunks, tokens_sha, top_k), build)
+    return store.get_or_build("fidelity-baseline", baseline_key(base, chunks, tokens_sha, top_k), build)
 
 
-def score(session: Session, ref_dir: Path, ref_vocab: int, chunks: list[list[int]], reference: str,
+def score(session: Session, base_dir: Path, base_vocab: int, chunks: list[list[int]], name: str,
           tokens_sha: str, top_k: int | None) -> FidelityResult:
     reset_peak_rss()
     stats, warnings = [], []
     for i, chunk in enumerate(chunks):
         logp = session.logprobs(chunk)
-        logp, warning = fidelity.align_vocab(ref_vocab, logp)
+        logp, warning = fidelity.align_vocab(base_vocab, logp)
         if warning and warning not in warnings:
             warnings.append(warning)
-        ref = fidelity.load_reference_chunk(ref_dir / f"chunk_{i:04d}.npz")
-        stats.append(fidelity.chunk_stats(ref, logp[:-1], np.asarray(chunk[1:])))
-    result = fidelity.summarize(stats, reference, text_sha=tokens_sha, warnings=warnings)
+        base = fidelity.load_baseline_chunk(base_dir / f"chunk_{i:04d}.npz")
+        stats.append(fidelity.chunk_stats(base, logp[:-1], np.asarray(chunk[1:])))
+    result = fidelity.summarize(stats, name, text_sha=tokens_sha, warnings=warnings)
     result.peak_rss_mb = peak_rss_mb()
-    result.top_k = None if top_k is None or top_k >= ref_vocab else top_k
+    result.top_k = None if top_k is None or top_k >= base_vocab else top_k
     return result
 
 
 def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, own: GenerationStage,
-                 ref: GenerationStage, name: str) -> FidelityResult:
-    """Fidelity of `own` vs `ref` (the same stage when this cell is the reference: KLD 0 by construction).
+                 base: GenerationStage, name: str) -> FidelityResult:
+    """Fidelity of `own` vs `base` (the same stage when this cell is the baseline: KLD 0 by construction).
 
-    One model is in memory at a time: `own` is closed while the reference is computed.
+    One model is in memory at a time: `own` is closed while the baseline's log-probs are computed.
     """
     chunks, sha = eval_chunks(fid_cfg, renderer)
     top_k = parse_top_k(fid_cfg.get("top_k", 256))
-    if ref is not own:
+    if base is not own:
         own.close()
-    entry = reference_entry(store, ref, chunks, sha, top_k)
-    if ref is not own:
-        ref.close()
+    entry = baseline_entry(store, base, chunks, sha, top_k)
+    if base is not own:
+        base.close()
     payload = score_key(entry, own, name)
     result = store.lookup("fidelity", payload)
     if result is None:

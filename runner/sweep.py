@@ -1,0 +1,140 @@
+"""A saved sweep (or single run) on disk: its jobs, their saved configs and records.
+
+The matrix builder reads a sweep leniently (a job without a readable record is a failed row); replay
+verbs call `Sweep.require_replayable()` first, which lists every missing or unreadable piece at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from runner.records import CellRecord, read_cell_record
+
+NOT_FINISHED = "no result.json: the job did not finish"
+
+
+class SweepError(ValueError):
+    """A sweep dir that cannot be used; the message names what is missing."""
+
+
+@dataclass
+class Job:
+    num: int | None  # None: a single run (`python -m runner` without -m)
+    dir: Path
+    record: CellRecord | None = None
+    problem: str | None = None  # why there is no record
+
+    @property
+    def hydra_dir(self) -> Path:
+        return self.dir / ".hydra"
+
+    def config(self) -> DictConfig:
+        return OmegaConf.load(self.hydra_dir / "config.yaml")
+
+    def overrides(self) -> list[str]:
+        path = self.hydra_dir / "overrides.yaml"
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.exists() else []
+
+    def hydra(self) -> dict[str, Any]:
+        """The job's saved Hydra config, unresolved (it holds `${now:...}`)."""
+        path = self.hydra_dir / "hydra.yaml"
+        return (yaml.safe_load(path.read_text()) or {}).get("hydra", {}) if path.exists() else {}
+
+    def store_dir(self, cfg: DictConfig) -> Path:
+        """`store_dir` as the job saw it: a relative one is relative to the dir the sweep was launched from."""
+        store = Path(str(cfg.store_dir))
+        return store if store.is_absolute() else Path(self.hydra().get("runtime", {}).get("cwd", ".")) / store
+
+
+@dataclass
+class Sweep:
+    dir: Path
+    jobs: list[Job]
+    expected_jobs: int | None = None  # what multirun.yaml describes (None: unknown or a single run)
+
+    @property
+    def records(self) -> list[CellRecord]:
+        return [j.record for j in self.jobs if j.record is not None]
+
+    @property
+    def is_multirun(self) -> bool:
+        return (self.dir / "multirun.yaml").is_file()
+
+    def baseline(self) -> str | None:
+        """The `baseline` build id from the jobs' saved configs, else the fidelity baseline of a record."""
+        for job in self.jobs:
+            config = job.hydra_dir / "config.yaml"
+            if config.exists() and (value := OmegaConf.load(config).get("baseline")):
+                return str(value)
+        return next((r.fidelity.baseline for r in self.records if r.fidelity), None)
+
+    def require_replayable(self) -> None:
+        """Raise one SweepError listing every piece a replay needs but is missing or unreadable."""
+        if not self.is_multirun:
+            raise SweepError(f"{self.dir}: not a sweep dir (no multirun.yaml); give the dir `python -m runner -m ...` "
+                             "wrote")
+        problems = []
+        nums = {j.num for j in self.jobs}
+        if self.expected_jobs is not None and (missing := sorted(set(range(self.expected_jobs)) - nums)):
+            problems.append(f"missing job dirs {', '.join(map(str, missing))} "
+                            f"(multirun.yaml describes {self.expected_jobs} jobs)")
+        elif not self.jobs:
+            problems.append("no job dirs")
+        for job in self.jobs:
+            problems += [f"missing {job.hydra_dir / f}" for f in ("config.yaml", "overrides.yaml")
+                         if not (job.hydra_dir / f).is_file()]
+            if job.problem and job.problem != NOT_FINISHED:
+                problems.append(job.problem)
+        if problems:
+            raise SweepError(f"{self.dir}: cannot replay: " + "; ".join(problems))
+
+
+def expected_jobs(multirun_yaml: Path) -> int | None:
+    """How many jobs the BasicSweeper launched, from the saved sweeper params and command line (None: unknown)."""
+    hydra = (yaml.safe_load(multirun_yaml.read_text()) or {}).get("hydra", {})
+    sweeper = hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    task = (hydra.get("overrides") or {}).get("task") or []
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(task)
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    except HydraException:
+        return None
+    return sum(len(b) for b in batches)
+
+
+def _job(num: int | None, path: Path) -> Job:
+    job = Job(num, path)
+    result = path / "result.json"
+    if not result.exists():
+        job.problem = NOT_FINISHED
+    else:
+        try:
+            job.record = read_cell_record(result)
+        except ValueError as e:
+            job.problem = str(e)
+    return job
+
+
+def load_sweep(path: Path) -> Sweep:
+    """The sweep (numbered job dirs) or single run (a dir with result.json or .hydra/) at `path`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SweepError(f"{path}: no such directory")
+    multirun = (path / "multirun.yaml").is_file()
+    if not multirun and ((path / "result.json").exists() or (path / ".hydra").is_dir()):
+        return Sweep(path, [_job(None, path)])
+    dirs = sorted((d for d in path.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    if not dirs and not multirun:
+        raise SweepError(f"{path}: not a sweep or run dir (no multirun.yaml, numbered job dirs or result.json)")
+    expected = expected_jobs(path / "multirun.yaml") if multirun else None
+    return Sweep(path, [_job(int(d.name), d) for d in dirs], expected)
