@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from runner import callbacks
 from runner.cell import Cell
 from runner.pipeline import run_cell
-from runner.progress import Progress
+from runner.progress import quiet_console_logs
 
 
 def launcher_parallelism(launcher: DictConfig | None) -> int:
@@ -29,14 +29,10 @@ def launcher_parallelism(launcher: DictConfig | None) -> int:
 def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
+    quiet_console_logs()  # Hydra set up this job's logging just now; the progress display says the rest
     cell = Cell.from_config(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
-    label = f"{cell.identity.model} × {cell.identity.format} × {cell.identity.precision}"
-    progress = Progress(label, quiet=bool(cfg.get("quiet")))
-    try:
-        record = run_cell(cell, Path(hc.runtime.output_dir), progress,
-                          parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1)
-    finally:
-        progress.close()
+    record = run_cell(cell, Path(hc.runtime.output_dir),
+                      parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1)
     return record.status
 
 

@@ -1,4 +1,5 @@
-"""The Hydra callback: pre-flight checks before a run or sweep, the matrix and report after it."""
+"""The Hydra callback: pre-flight checks before a run or sweep, progress while it runs, the matrix, report
+and summary after it."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from runner import progress
 from runner.collect import collect
+from runner.headline import print_summary
+from runner.progress import SweepMonitor
 from runner.secrets import SecretOverrideError, check_overrides
 from runner.store import ensure_writable
+from runner.sweep import job_count, load_sweep
 
 log = logging.getLogger(__name__)
 
 FAILED_CELLS: list[str] = []  # filled at the end of a run; __main__ turns it into the exit status
 END_ERRORS: list[str] = []  # the matrix or report could not be built (Hydra swallows callback exceptions)
+# The display lives here, not on the callback: launchers (joblib) pickle the callbacks for their workers.
+_MONITOR: list[SweepMonitor] = []
 
 
 def _stop(message: str) -> None:
@@ -43,31 +50,36 @@ def check_no_secret_overrides(config: DictConfig) -> None:
 
 
 class RunnerCallback(Callback):
-    def _start(self, config: DictConfig, out_dir_key: str) -> None:
+    """Pre-flight checks, the progress display while cells run, and the matrix, report and summary at the end."""
+
+    def _start(self, config: DictConfig, out_dir_key: str, total: int | None) -> None:
         HydraConfig.instance().set_config(config)  # `${hydra:...}` in the dirs needs it at this point
         check_no_secret_overrides(config)
-        check_writable(config.hydra[out_dir_key].dir)
+        out_dir = config.hydra[out_dir_key].dir
+        check_writable(out_dir)
+        out = progress.console()
+        _MONITOR.append(SweepMonitor(Path(out_dir), total, out, progress.display_mode(bool(config.get("quiet")), out)))
+        _MONITOR[-1].__enter__()
 
     def _finish(self, out_dir: Path) -> None:
+        out = _MONITOR[-1].out if _MONITOR else progress.console()
+        while _MONITOR:
+            _MONITOR.pop().__exit__()
         try:
             df = collect(out_dir)
+            FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}"
+                                for r in df.itertuples() if r.status == "failed")
+            print_summary(df, out_dir, out, baseline=load_sweep(out_dir).baseline())
         except Exception as e:  # noqa: BLE001 - Hydra would swallow it and exit 0 with no matrix
             END_ERRORS.append(f"building the matrix and report of {out_dir} failed: {type(e).__name__}: {e}")
             log.debug("matrix failure", exc_info=True)
             print(f"error: {END_ERRORS[-1]}", file=sys.stderr)
-            return
-        if df.empty:
-            return
-        FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}" for r in df.itertuples() if r.status == "failed")
-        summary = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().to_dict().items())
-        log.info("matrix (%s): %s", summary, out_dir / "matrix.md")
-        print(f"Matrix ({summary}): {out_dir / 'matrix.md'}", file=sys.stderr)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start(config, "run")
+        self._start(config, "run", 1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start(config, "sweep")
+        self._start(config, "sweep", job_count(OmegaConf.to_container(config.hydra, resolve=False)))
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)

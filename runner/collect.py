@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from runner import fairness
+from runner import fairness, progress
+from runner.headline import print_summary
 from runner.matrix import sweep_matrix, write_matrix
 from runner.report import MAX_KLD, MIN_TOP1, write_report
 from runner.sweep import SweepError, load_sweep
@@ -28,14 +29,6 @@ def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
     return df
 
 
-def summary(df: pd.DataFrame, where: Path) -> str:
-    """One line of counts and where the matrix is, then one line per failed cell with its reason."""
-    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) if not df.empty else "no cells"
-    failed = "".join(f"\n  failed: {r.format} {r.precision}: {r.reason}"
-                     for r in df.itertuples() if r.status == "failed")
-    return f"{len(df)} cells ({counts}) → {where / 'matrix.md'}, {where / 'report.md'}{failed}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.collect", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -48,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary(df, args.sweep_dir))
+    print_summary(df, args.sweep_dir, progress.console(), load_sweep(args.sweep_dir).baseline(),
+                  args.max_kld, args.min_top1)
     return 0
 
 

@@ -24,7 +24,7 @@ from runner.identity import answer_key
 from runner.judges import make_judge
 from runner.metrics.fidelity import answer_agreement
 from runner.model_source import resolve_model
-from runner.progress import Progress
+from runner.progress import CellProgress, cell_label
 from runner.prompts import load_prompts
 from runner.records import CellRecord, PromptResult, write_record
 from runner.speed import speed_stats
@@ -44,7 +44,7 @@ def _now() -> str:
 class CellRun:
     """State of one cell while its stages run."""
 
-    def __init__(self, cell: Cell, job_dir: Path, progress: Progress, refresh: frozenset[str] = frozenset(),
+    def __init__(self, cell: Cell, job_dir: Path, progress: CellProgress, refresh: frozenset[str] = frozenset(),
                  parallel_jobs: int = 1):
         self.cell, self.job_dir, self.progress = cell, job_dir, progress
         self.refresh, self.parallel_jobs = refresh, parallel_jobs
@@ -113,7 +113,7 @@ class CellRun:
         rec.runtime = own.runtime
         with self.timed("generate"):
             self.progress.start_items(len(ctx.prompts) * cell.repeats)
-            rec.results = own.run(on_done=self.progress.advance)
+            rec.results = own.run(on_done=lambda r: self.progress.advance(r.generation, r.cache_hit))
         mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
         is_baseline = cell.is_build(cell.baseline)
         baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=mode == "baseline")
@@ -153,7 +153,10 @@ class CellRun:
             return {answer_key(r): r for r in results}
 
 
-def run_cell(cell: Cell, job_dir: Path, progress: Progress | None = None, refresh: frozenset[str] = frozenset(),
-             parallel_jobs: int = 1) -> CellRecord:
+def run_cell(cell: Cell, job_dir: Path, refresh: frozenset[str] = frozenset(), parallel_jobs: int = 1) -> CellRecord:
     """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce)."""
-    return CellRun(cell, job_dir, progress or Progress(quiet=True), refresh, parallel_jobs).run()
+    progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision))
+    try:
+        return CellRun(cell, job_dir, progress, refresh, parallel_jobs).run()
+    finally:
+        progress.close()

@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from runner.collect import summary
+from runner import progress
+from runner.headline import print_summary
 from runner.secrets import check_overrides
 from runner.sweep import load_sweep
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_overrides(args.overrides)  # before anything is read or written
             out, df = rejudge(load_sweep(args.sweep_dir), args.overrides, args.out)
-            print(summary(df, out))
+            print_summary(df, out, progress.console(), load_sweep(out).baseline())
             return 0
         from runner.reproduce import reproduce
 

@@ -106,8 +106,8 @@ def labels(df: pd.DataFrame) -> pd.Series:
 class Report:
     """Builds the sections from the matrix (`df`, one row per cell) and the sweep's fairness findings."""
 
-    def __init__(self, df: pd.DataFrame, findings: SweepFindings, baseline: str | None,
-                 max_kld: float, min_top1: float):
+    def __init__(self, df: pd.DataFrame, findings: SweepFindings | None, baseline: str | None,
+                 max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1):
         self.df = df.assign(label=labels(df)).reset_index(drop=True)
         self.baseline = baseline
         self.max_kld, self.min_top1 = max_kld, min_top1
@@ -116,7 +116,7 @@ class Report:
         self.graded_by_baseline = "judge_reference" in self.ok and (self.ok["judge_reference"] == "baseline").any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
         self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
-        self.findings = findings
+        self.findings = findings or SweepFindings(contracts=pd.DataFrame())
 
     def is_base(self, row: pd.Series) -> bool:
         return self.baseline == build_id(row["format"], row["precision"])
@@ -185,30 +185,38 @@ class Report:
             quality = "– (no judge and no fidelity)"
         text = [f"Best by quality: {quality}", f"Fastest: {self._pick('gen_tps', largest=True)}",
                 f"Smallest: {self._pick('size_gb', largest=False)}"]
+        lines, why = self.recommendation()
+        text += lines
+        if why is None:
+            return Section("Highlights", text)
+        table = self._table(self.ok, {"Meets thresholds": lambda r: fmt(not why[r.name]),
+                                      "Why not": lambda r: "; ".join(why[r.name]) or "–"})
+        return Section("Highlights", text, table)
+
+    def recommendation(self) -> tuple[list[str], dict[Any, list[str]] | None]:
+        """The recommendation and its thresholds as text lines, and why each ok build is not eligible (None:
+        no quality data, so no recommendation). The terminal summary prints the same lines."""
         criteria = []
         if self.has_fidelity:
             criteria += [f"KLD ≤ {fmt(self.max_kld)}", f"top-1 ≥ {fmt(self.min_top1)}%"]
         if self.judged and not self.graded_by_baseline:
             criteria.append("judge overall not significantly worse than the baseline (sign-flip test, Holm)")
         if not criteria:
-            text.append("Recommendation: none (no quality data: judge=none and fidelity off).")
-            return Section("Highlights", text)
+            return ["Recommendation: none (no quality data: judge=none and fidelity off)."], None
         why = {i: self._why_not(r) for i, r in self.ok.iterrows()}
         eligible = self.ok[[not why[i] for i in self.ok.index]]
         rule = f"the smallest build with {', '.join(criteria)}"
         if eligible.empty:
-            text.append(f"Recommendation: **no build meets the thresholds** ({rule}); keep the baseline.")
+            text = [f"Recommendation: **no build meets the thresholds** ({rule}); keep the baseline."]
         else:
             pick = eligible.sort_values(["size_gb", "gen_tps"], ascending=[True, False]).iloc[0]
-            text.append(f"Recommendation: **{pick['label']}** ({fmt(pick['size_gb'])} GB), {rule}.")
+            text = [f"Recommendation: **{pick['label']}** ({fmt(pick['size_gb'])} GB), {rule}."]
         if self.judged and self.graded_by_baseline:
             text.append("The judge is not part of the recommendation: with judge.reference=baseline the baseline "
                         "has no score of its own to compare with.")
         text.append(f"Thresholds: max_kld={self.max_kld}, min_top1={self.min_top1} "
-                    "(`runner.report.write_report` arguments; `python -m runner.replay collect --max-kld --min-top1`).")
-        table = self._table(self.ok, {"Meets thresholds": lambda r: fmt(not why[r.name]),
-                                      "Why not": lambda r: "; ".join(why[r.name]) or "–"})
-        return Section("Highlights", text, table)
+                    "(`python -m runner.collect SWEEP --max-kld X --min-top1 Y`).")
+        return text, why
 
     # -------------------------------------------------------------- metric tables
 

@@ -1,4 +1,7 @@
-"""Re-run a saved sweep from its saved configs and say what reproduced: `python -m runner.replay reproduce`."""
+"""Re-run a saved sweep from its saved configs and say what reproduced: `python -m runner.replay reproduce`.
+
+The only replay verb that runs engines (through runner/pipeline.py); `replay.py` imports it on demand.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,14 @@ from runner.collect import collect
 from runner.identity import answer_key
 from runner.matrix_stats import DELTAS
 from runner.metrics.stats import paired_prompt_delta
+from runner.pipeline import run_cell
 from runner.records import CellRecord
 from runner.report import fmt
-from runner.sweep import Sweep, SweepError
+from runner.stages import fidelity, generate
+from runner import progress
+from runner.cell import Cell
+from runner.progress import SweepMonitor
+from runner.sweep import Job, Sweep, SweepError
 
 
 def prepare_out(out: Path) -> None:
@@ -114,7 +122,7 @@ def _speed(pairs: list[tuple[Any, Any]]) -> tuple[bool, str]:
     return True, f"gen tok/s within noise ({pct})"
 
 
-REFRESH_ON_REPRODUCE = frozenset({"generations", "fidelity-ref", "fidelity"})
+REFRESH_ON_REPRODUCE = frozenset({generate.KIND, fidelity.BASELINE_KIND, fidelity.SCORE_KIND})
 
 
 def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = False,
@@ -125,10 +133,6 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = F
     `fresh`: a new empty store, so artifacts are rebuilt too; `from_cache`: the caches are replayed and
     nothing is re-run (a check of the records, not of the engines).
     """
-    from runner.cell import Cell  # only reproduce needs the pipeline (and, through it, the engines)
-    from runner.pipeline import run_cell
-    from runner.progress import Progress
-
     if fresh and from_cache:
         raise ValueError("--fresh and --from-cache exclude each other")
     sweep.require_replayable()
@@ -136,28 +140,30 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = F
     shutil.copy2(sweep.dir / "multirun.yaml", out / "multirun.yaml")
     refresh = frozenset() if from_cache else REFRESH_ON_REPRODUCE
     diffs = []
-    for i, job in enumerate(sweep.jobs, 1):
-        cfg = job.config()
-        cfg.store_dir = str((out / "store").resolve() if fresh else job.store_dir(cfg).resolve())
-        os.environ.update({k: str(v) for k, v in (job.hydra().get("job", {}).get("env_set") or {}).items()})
-        new_dir = out / str(job.num)
-        shutil.copytree(job.hydra_dir, new_dir / ".hydra")
-        OmegaConf.save(cfg, new_dir / ".hydra" / "config.yaml")  # with the store this run used
-        label = f"#{job.num}" + (f" {job.record.cell.format} {job.record.cell.precision}" if job.record else "")
-        try:
-            cell = Cell.from_config(cfg, job.overrides(), job.num)
-        except Exception as e:  # noqa: BLE001 - a job that cannot even be configured is not reproduced
-            diffs.append(CellDiff(label, False, differs=[f"cannot run the saved config: {type(e).__name__}: {e}"]))
-            continue
-        progress = Progress(f"[{i}/{len(sweep.jobs)}] {cell.identity.format} × {cell.identity.precision}", quiet=quiet)
-        try:
-            record = run_cell(cell, new_dir, progress, refresh=refresh)
-        finally:
-            progress.close()
-        diffs.append(compare(job.record, record, f"#{job.num} {record.cell.format} {record.cell.precision}"))
+    out_console = progress.console()
+    with SweepMonitor(out, len(sweep.jobs), out_console, progress.display_mode(quiet, out_console)):
+        for job in sweep.jobs:
+            diffs.append(_reproduce_job(job, out, fresh, refresh))
     collect(out)
     mode = ("replayed from the caches: nothing re-run" if from_cache else
             "everything rebuilt in a new store" if fresh else "answers regenerated and fidelity recomputed")
     (out / "reproduce.md").write_text(f"# Reproduction of {sweep.dir}\n\n{mode[0].upper() + mode[1:]}.\n\n"
                                       + "".join(f"- {d.line()}\n" for d in diffs))
     return diffs
+
+
+def _reproduce_job(job: Job, out: Path, fresh: bool, refresh: frozenset[str]) -> CellDiff:
+    """Re-run one job from its saved config into `out/<num>` and compare with its old record."""
+    cfg = job.config()
+    cfg.store_dir = str((out / "store").resolve() if fresh else job.store_dir(cfg).resolve())
+    os.environ.update({k: str(v) for k, v in (job.hydra().get("job", {}).get("env_set") or {}).items()})
+    new_dir = out / str(job.num)
+    shutil.copytree(job.hydra_dir, new_dir / ".hydra")
+    OmegaConf.save(cfg, new_dir / ".hydra" / "config.yaml")  # with the store this run used
+    label = f"#{job.num}" + (f" {job.record.cell.format} {job.record.cell.precision}" if job.record else "")
+    try:
+        cell = Cell.from_config(cfg, job.overrides(), job.num)
+    except Exception as e:  # noqa: BLE001 - a job that cannot even be configured is not reproduced
+        return CellDiff(label, False, differs=[f"cannot run the saved config: {type(e).__name__}: {e}"])
+    record = run_cell(cell, new_dir, refresh=refresh)
+    return compare(job.record, record, f"#{job.num} {record.cell.format} {record.cell.precision}")

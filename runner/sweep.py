@@ -99,7 +99,11 @@ class Sweep:
 
 def expected_jobs(multirun_yaml: Path) -> int | None:
     """How many jobs the BasicSweeper launched, from the saved sweeper params and command line (None: unknown)."""
-    hydra = (yaml.safe_load(multirun_yaml.read_text()) or {}).get("hydra", {})
+    return job_count((yaml.safe_load(multirun_yaml.read_text()) or {}).get("hydra", {}))
+
+
+def job_count(hydra: dict[str, Any]) -> int | None:
+    """How many jobs the BasicSweeper makes of a Hydra config's sweeper params and task overrides."""
     sweeper = hydra.get("sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None

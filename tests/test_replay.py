@@ -83,12 +83,14 @@ def assert_same_generations_and_scores(old: dict, new: dict, judged: bool = True
 def test_reproduce_regenerates_by_default_and_gets_identical_results(sweep, tmp_path, capsys):
     out = tmp_path / "again"
     builds_before = len(store_builds(sweep, "generations"))
+    baselines_before = len(store_builds(sweep, "fidelity-baseline"))
     assert main(["reproduce", str(sweep), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "greedy generations identical (7/7)" in printed and "nothing re-run" not in printed
     assert_same_generations_and_scores(records(sweep), records(out))
     assert (matrix(out).loc[matrix(out)["status"] == "ok", "generations_cached"] == 0).all()  # re-run, not replayed
-    assert len(store_builds(sweep, "generations")) > builds_before and store_builds(sweep, "fidelity")
+    assert len(store_builds(sweep, "generations")) > builds_before
+    assert len(store_builds(sweep, "fidelity-baseline")) == baselines_before + 1  # the baseline's log-probs too
     assert (out / "reproduce.md").exists() and (out / "report.md").exists()
     assert "Answers regenerated and fidelity recomputed." in (out / "reproduce.md").read_text()
     overrides = Path("0", ".hydra", "overrides.yaml")

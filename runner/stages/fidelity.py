@@ -25,6 +25,7 @@ from runner.store import Entry, Store
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "fidelity_eval.txt"
 # Bump whenever log-prob extraction, the stored baseline format, scoring code or the result record changes.
 FIDELITY_CODE_VERSION = 2
+BASELINE_KIND, SCORE_KIND = "fidelity-baseline", "fidelity"  # store kinds
 
 
 def parse_top_k(value: Any) -> int | None:
@@ -84,7 +85,7 @@ def baseline_entry(store: Store, base: GenerationStage, chunks: list[list[int]],
                                          fidelity.baseline_from_logprobs(logp[:-1], k, np.asarray(chunk[1:])))
         return {"vocab": int(vocab)}
 
-    return store.get_or_build("fidelity-baseline", baseline_key(base, chunks, tokens_sha, top_k), build)
+    return store.get_or_build(BASELINE_KIND, baseline_key(base, chunks, tokens_sha, top_k), build)
 
 
 def score(session: Session, base_dir: Path, base_vocab: int, chunks: list[list[int]], name: str,
@@ -118,8 +119,8 @@ def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, 
     if base is not own:
         base.close()
     payload = score_key(entry, own, name)
-    result = store.lookup("fidelity", payload)
+    result = store.lookup(SCORE_KIND, payload)
     if result is None:
         scored = score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, name, sha, top_k)
-        result = store.put_json("fidelity", payload, dataclasses.asdict(scored))
+        result = store.put_json(SCORE_KIND, payload, dataclasses.asdict(scored))
     return from_dict(FidelityResult, result.manifest["record"])

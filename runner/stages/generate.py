@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Bump whenever sampling, stopping, timing or decoding code changes: cached answers made by older code are
 # then regenerated instead of reused (a sampler fix must not reuse old sampled answers).
 GENERATION_CODE_VERSION = 2
+KIND = "generations"  # store kind
 
 
 def runtime_key(runtime: RuntimeInfo) -> dict[str, Any]:
@@ -67,14 +68,14 @@ class GenerationStage:
         ctx = self.ctx
         rendered = ctx.rendered[prompt.id]
         payload = generation_key(self.artifact, self.runtime, rendered, sampler, ctx.stop_ids)
-        hit = ctx.store.lookup("generations", payload)
+        hit = ctx.store.lookup(KIND, payload)
         if hit is not None:
             gen = from_dict(Generation, hit.manifest["record"])
         else:
             gen = base.generate(self.session(), rendered.token_ids, sampler, ctx.stop_ids)
             gen.text = ctx.renderer.decode(gen.token_ids)
             gen.measured_on, gen.parallel_jobs = self.measured_on, ctx.parallel_jobs
-            hit = ctx.store.put_json("generations", payload, dataclasses.asdict(gen))
+            hit = ctx.store.put_json(KIND, payload, dataclasses.asdict(gen))
         answer, thinking = split_thinking(gen.text) if ctx.strip_thinking else (gen.text, "")
         thinking_tokens = len(ctx.renderer.tokenizer.encode(thinking, add_special_tokens=False)) if thinking else 0
         return PromptResult(prompt_id=prompt.id, category=prompt.category, repeat=repeat, prompt_text=prompt.prompt,
@@ -82,12 +83,12 @@ class GenerationStage:
                             prompt_token_ids_sha=rendered.ids_sha, generation_key=hit.key, generation=gen,
                             answer=answer, thinking_tokens=thinking_tokens, cache_hit=hit.cache_hit)
 
-    def run(self, on_done: Callable[[], None] | None = None) -> list[PromptResult]:
+    def run(self, on_done: Callable[[PromptResult], None] | None = None) -> list[PromptResult]:
         """Every prompt × repeat of the cell; repeat r uses seed + r."""
         results = []
         for repeat in range(self.ctx.cell.repeats):
             for p in self.ctx.prompts:
                 results.append(self.run_one(p, self.ctx.cell.sampler(repeat), repeat))
                 if on_done:
-                    on_done()
+                    on_done(results[-1])
         return results
