@@ -14,6 +14,7 @@ from runner import callbacks
 from runner.cell import Cell
 from runner.pipeline import run_cell
 from runner.progress import quiet_console_logs
+from runner.stages.judge import judge_where
 
 
 def launcher_parallelism(launcher: DictConfig | None) -> int:
@@ -25,15 +26,22 @@ def launcher_parallelism(launcher: DictConfig | None) -> int:
     return 1
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> str:
+def run_job(cfg: DictConfig) -> str:
+    """One Hydra job: one cell (also the task function `replay resume` hands the launcher)."""
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
     quiet_console_logs()  # Hydra set up this job's logging just now; the progress display says the rest
-    cell = Cell.from_config(cfg, list(hc.overrides.task), hc.job.num if multirun else None)
-    record = run_cell(cell, Path(hc.runtime.output_dir),
-                      parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1)
+    job_dir = Path(hc.runtime.output_dir)
+    # `replay resume` puts a resubmitted job back in its own dir (hydra.sweep.subdir=N) under a new job.num
+    num = int(job_dir.name) if multirun and job_dir.name.isdigit() else hc.job.num if multirun else None
+    cell = Cell.from_config(cfg, list(hc.overrides.task), num)
+    launcher = str(hc.launcher.get("_target_", ""))
+    record = run_cell(cell, job_dir, parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1,
+                      judge_at_end=multirun and judge_where(cfg.judge, launcher) == "end")
     return record.status
+
+
+main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(run_job)
 
 
 if __name__ == "__main__":

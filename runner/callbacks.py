@@ -15,9 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from runner import progress
 from runner.collect import collect
 from runner.headline import print_summary
+from runner.judges import make_judge
 from runner.progress import SweepMonitor
+from runner.rejudge import judge_deferred
 from runner.secrets import SecretOverrideError, check_overrides
 from runner.store import ensure_writable
+from runner.stages.judge import judge_where
 from runner.sweep import job_count, load_sweep
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ FAILED_CELLS: list[str] = []  # filled at the end of a run; __main__ turns it in
 END_ERRORS: list[str] = []  # the matrix or report could not be built (Hydra swallows callback exceptions)
 # The display lives here, not on the callback: launchers (joblib) pickle the callbacks for their workers.
 _MONITOR: list[SweepMonitor] = []
+EXPECTED_JOBS: list[int] = []  # set by `replay resume`, which launches a job list of its own
 
 
 def _stop(message: str) -> None:
@@ -49,6 +53,16 @@ def check_no_secret_overrides(config: DictConfig) -> None:
         _stop(str(e))
 
 
+def check_judge(config: DictConfig) -> None:
+    """`judge.where`: a valid value; at the end, the judge must be usable here (cells will not check it)."""
+    try:
+        where = judge_where(config.get("judge"), str(config.hydra.launcher.get("_target_", "")))
+        if where == "end" and (judge := make_judge(config.judge)) is not None:
+            judge.check_ready()
+    except ValueError as e:
+        _stop(str(e))
+
+
 class RunnerCallback(Callback):
     """Pre-flight checks, the progress display while cells run, and the matrix, report and summary at the end."""
 
@@ -57,8 +71,11 @@ class RunnerCallback(Callback):
         check_no_secret_overrides(config)
         out_dir = config.hydra[out_dir_key].dir
         check_writable(out_dir)
+        check_judge(config)
         out = progress.console()
-        _MONITOR.append(SweepMonitor(Path(out_dir), total, out, progress.display_mode(bool(config.get("quiet")), out)))
+        scheduler = "submitit" in str(config.hydra.launcher.get("_target_", ""))
+        mode = progress.display_mode(bool(config.get("quiet")), out, scheduler)
+        _MONITOR.append(SweepMonitor(Path(out_dir), total, out, mode))
         _MONITOR[-1].__enter__()
 
     def _finish(self, out_dir: Path) -> None:
@@ -66,6 +83,8 @@ class RunnerCallback(Callback):
         while _MONITOR:
             _MONITOR.pop().__exit__()
         try:
+            if (out_dir / "multirun.yaml").is_file():
+                judge_deferred(load_sweep(out_dir))  # judge.where=end: here, where the network is
             df = collect(out_dir)
             FAILED_CELLS.extend(f"{r.format} × {r.precision}: {r.reason}"
                                 for r in df.itertuples() if r.status == "failed")
@@ -79,7 +98,8 @@ class RunnerCallback(Callback):
         self._start(config, "run", 1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start(config, "sweep", job_count(OmegaConf.to_container(config.hydra, resolve=False)))
+        total = EXPECTED_JOBS.pop() if EXPECTED_JOBS else job_count(OmegaConf.to_container(config.hydra, resolve=False))
+        self._start(config, "sweep", total)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from runner.identity import build_id, parse_build_id
+from runner.locks import LOCK_KINDS
 from runner.records import CellIdentity, SamplerParams
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -43,6 +44,8 @@ class Cell:
     repeats: int
     store_dir: str
     baseline: str
+    store_lock: str = "file"
+    store_lease_s: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
@@ -55,7 +58,8 @@ class Cell:
         )
         return cls(ident, plain["model"], plain["format"], plain["precision"], plain["generation"], plain["prompts"],
                    plain["judge"], plain.get("fidelity") or {"enabled": False}, int(plain["seed"]),
-                   int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]))
+                   int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]),
+                   str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)))
 
     def invalid_reason(self) -> str | None:
         """Why this format × precision pair cannot run (a skip, not an error), or None."""
@@ -97,6 +101,8 @@ class Cell:
             raise ValueError(f"generation.temperature must be >= 0, got {g['temperature']}")
         if not 0.0 < float(g["top_p"]) <= 1.0:
             raise ValueError(f"generation.top_p must be in (0, 1], got {g['top_p']}")
+        if self.store_lock not in LOCK_KINDS:
+            raise ValueError(f"store_lock must be one of {', '.join(LOCK_KINDS)}, got {self.store_lock!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.fidelity.get("enabled"):

@@ -1,4 +1,5 @@
-"""The host a cell runs on: CPU model, cores, GPU name. Speed measured elsewhere is not comparable."""
+"""The host a cell runs on: CPU model, cores, GPU name, and the scheduler job that ran it. Speed measured
+on other hardware is not comparable."""
 
 from __future__ import annotations
 
@@ -43,13 +44,32 @@ def _run(cmd: list[str]) -> str:
         return ""
 
 
+def available_cpus() -> int:
+    """Cores this process may use: its Slurm allocation, else its affinity mask, else the machine's."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if allocated.isdigit() and int(allocated) > 0:
+        return int(allocated)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 @lru_cache(maxsize=1)
+def _hardware() -> tuple[str, int, str | None, str]:
+    return _cpu_model(), available_cpus(), _gpu_name(), f"{platform.system()}-{platform.machine()}"
+
+
 def host_info() -> HostInfo:
-    cpu, cores, gpu = _cpu_model(), os.cpu_count() or 1, _gpu_name()
-    plat = f"{platform.system()}-{platform.machine()}"
+    """This process's hardware (the fingerprint) and, under Slurm, its job id, array index and node."""
+    cpu, cores, gpu, plat = _hardware()
     fingerprint = hashlib.sha256(f"{cpu}|{cores}|{gpu}|{plat}".encode()).hexdigest()[:16]
-    return HostInfo(fingerprint=fingerprint, cpu=cpu, cores=cores, gpu=gpu, platform=plat,
-                    hostname=platform.node())
+    env = os.environ
+    array_index = env.get("SLURM_ARRAY_TASK_ID", "")
+    return HostInfo(fingerprint=fingerprint, cpu=cpu, cores=cores, gpu=gpu, platform=plat, hostname=platform.node(),
+                    scheduler_job=env.get("SLURM_JOB_ID"), array_job=env.get("SLURM_ARRAY_JOB_ID"),
+                    array_index=int(array_index) if array_index.isdigit() else None,
+                    node=env.get("SLURMD_NODENAME"))
 
 
 def measured_on(host: HostInfo, device: str) -> str:

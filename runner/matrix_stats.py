@@ -127,12 +127,20 @@ def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float)
     mine = [r for r in rec.results if answer_key(r) in shared]
     theirs = [r for r in base.results if answer_key(r) in shared]
     cols: dict[str, Any] = {}
+    same_hardware = _fingerprint(rec) == _fingerprint(base)
     for name, get in DELTAS.items():
+        if name in SPEED and not same_hardware:  # speed measured on other hardware: no comparison
+            cols.update({f"d_{name}{s}": math.nan for s in ("", "_lo", "_hi", "_p", "_mdd")} | {f"d_{name}_n": 0})
+            continue
         d = paired_prompt_delta(_by_prompt(theirs, get, name, speed_tag(base)),
                                 _by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
         cols.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"],
                      f"d_{name}_p": d["p"], f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
     return cols
+
+
+def _fingerprint(rec: CellRecord) -> str | None:
+    return rec.host.fingerprint if rec.host else None
 
 
 def _significance(rows: list[dict[str, Any]], alpha: float) -> None:

@@ -30,7 +30,7 @@ from runner.records import CellRecord, PromptResult, write_record
 from runner.speed import speed_stats
 from runner.stages.fidelity import run_fidelity
 from runner.stages.generate import GenerationStage
-from runner.stages.judge import judge_cell
+from runner.stages.judge import JUDGED_AT_END, judge_cell
 from runner.stages.prepare import prepare_build
 from runner.store import Store
 
@@ -45,9 +45,9 @@ class CellRun:
     """State of one cell while its stages run."""
 
     def __init__(self, cell: Cell, job_dir: Path, progress: CellProgress, refresh: frozenset[str] = frozenset(),
-                 parallel_jobs: int = 1):
+                 parallel_jobs: int = 1, judge_at_end: bool = False):
         self.cell, self.job_dir, self.progress = cell, job_dir, progress
-        self.refresh, self.parallel_jobs = refresh, parallel_jobs
+        self.refresh, self.parallel_jobs, self.judge_at_end = refresh, parallel_jobs, judge_at_end
         self.record = CellRecord(cell=cell.identity, status="ok", started_at=_now())
         self.stack = ExitStack()
 
@@ -89,7 +89,7 @@ class CellRun:
     def _context(self) -> CellContext:
         cell = self.cell
         prompts = load_prompts(cell.prompts)
-        store = Store(cell.store_dir, refresh=self.refresh)
+        store = Store(cell.store_dir, refresh=self.refresh, lock=cell.store_lock, lease_s=cell.store_lease_s)
         with self.timed("resolve_model"):
             source_dir, self.record.source = resolve_model(cell.model, store)
         renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)))
@@ -103,7 +103,7 @@ class CellRun:
         cell, rec = self.cell, self.record
         cell.validate()
         judge = make_judge(cell.judge)
-        if judge is not None:
+        if judge is not None and not self.judge_at_end:
             judge.check_ready()  # e.g. a missing API key fails before any generation
         ctx = self._context()
         rec.contract = ctx.renderer.contract(cell.sampler(), ctx.stop_ids, ctx.strip_thinking)
@@ -116,15 +116,18 @@ class CellRun:
             rec.results = own.run(on_done=lambda r: self.progress.advance(r.generation, r.cache_hit))
         mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
         is_baseline = cell.is_build(cell.baseline)
-        baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=mode == "baseline")
+        in_cell = judge is not None and not self.judge_at_end
+        baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=in_cell and mode == "baseline")
         if baseline is not None:
             for r in rec.results:
                 if (ref := baseline.get(answer_key(r))) is not None:
                     r.agreement = answer_agreement(ref.generation.token_ids, r.generation.token_ids)
-        if judge is not None:
+        if in_cell:
             answers = {k: r.answer for k, r in baseline.items()} if baseline else None
             with self.timed("judge"), judge:
                 judge_cell(judge, ctx.store, rec, mode, is_baseline, answers)
+        elif judge is not None:
+            rec.judge_reference, rec.judge_note, rec.judge_pending = mode, JUDGED_AT_END, True
         if cell.fidelity.get("enabled"):
             with self.timed("fidelity"):
                 name = str(cell.fidelity.get("baseline") or cell.baseline)
@@ -153,10 +156,12 @@ class CellRun:
             return {answer_key(r): r for r in results}
 
 
-def run_cell(cell: Cell, job_dir: Path, refresh: frozenset[str] = frozenset(), parallel_jobs: int = 1) -> CellRecord:
-    """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce)."""
+def run_cell(cell: Cell, job_dir: Path, refresh: frozenset[str] = frozenset(), parallel_jobs: int = 1,
+             judge_at_end: bool = False) -> CellRecord:
+    """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce);
+    `judge_at_end`: leave judging to the submitting process (judge.where=end)."""
     progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision))
     try:
-        return CellRun(cell, job_dir, progress, refresh, parallel_jobs).run()
+        return CellRun(cell, job_dir, progress, refresh, parallel_jobs, judge_at_end).run()
     finally:
         progress.close()

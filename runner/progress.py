@@ -8,6 +8,8 @@ is the same for the basic, joblib and submitit launchers:
   (cell k of N, ok/skipped/failed counts, elapsed, ETA from the finished cells); a finished cell leaves
   one line above them (`skipped mlx × q4_k_m: ...`, no bar);
 * plain (stdout is not a terminal): only the one line per finished cell;
+* states (a scheduler launcher such as Slurm): one line per change of the queued / running / ok / skipped /
+  failed counts, and the line per finished cell;
 * off (`quiet=true`): nothing until the summary.
 In every mode the console shows warnings and errors only; INFO logs go to each job's log file.
 """
@@ -45,9 +47,11 @@ def console() -> Console:
     return out
 
 
-def display_mode(quiet: bool, out: Console) -> str:
+def display_mode(quiet: bool, out: Console, scheduler: bool = False) -> str:
     if quiet:
         return "off"
+    if scheduler:
+        return "states"
     return "terminal" if out.is_terminal and out.is_interactive else "plain"
 
 
@@ -57,6 +61,8 @@ def quiet_console_logs(level: int = logging.WARNING) -> None:
     Hydra's launch lines (`#3 : format=...`) are hidden too: the per-cell lines name each cell."""
     for name in ("hydra", "hydra_plugins"):  # not reset by Hydra's logging configs, which name neither
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # "Bypassing sacct error" on clusters without accounting
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "ERROR")  # submitit sets its level when first imported
     for name in (None, "hydra"):
         for handler in logging.getLogger(name).handlers:
             if type(handler) is logging.StreamHandler:
@@ -128,9 +134,13 @@ class SweepMonitor:
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
         self._lock = threading.Lock()
+        self._last_states = ""
+        self._before: dict[str, float] = {}
 
     def __enter__(self) -> SweepMonitor:
         os.environ[DISPLAY_ENV] = self.mode
+        self._before = {str(d): (d / "result.json").stat().st_mtime for d in self._job_dirs()
+                        if (d / "result.json").exists()}  # records from before (a resumed sweep): not this run's
         if self.mode == "terminal":
             self._live = Live(_Render(self), console=self.out, refresh_per_second=8, transient=True,
                               redirect_stdout=True, redirect_stderr=True)
@@ -171,9 +181,12 @@ class SweepMonitor:
         lines = []
         with self._lock:
             running = {}
-            for job in self._job_dirs():
+            started = self._job_dirs()
+            for job in started:
                 key = str(job)
                 if key in self.finished:
+                    continue
+                if (job / "result.json").exists() and self._before.get(key) == (job / "result.json").stat().st_mtime:
                     continue
                 if (job / "result.json").exists():
                     done = _read_finished(job / "result.json")
@@ -182,11 +195,21 @@ class SweepMonitor:
                 elif (job / STATUS_FILE).exists():
                     running[key] = json.loads((job / STATUS_FILE).read_text())
             self.running = running
+            if self.mode == "states" and (states := self.states_line(len(started))) != self._last_states:
+                lines.append(f"{states} · {_clock(time.monotonic() - self.started)} elapsed")
+                self._last_states = states
         for line in lines:
             if self._live is not None:
                 self._live.console.print(line)
-            elif self.mode == "plain":
+            elif self.mode in ("plain", "states"):
                 print(line, flush=True)
+
+    def states_line(self, started: int) -> str:
+        """Where the scheduler's jobs are: a job dir appears when its job starts running."""
+        c = self.counts()
+        queued = max((self.total or started) - started, 0)
+        running = started - len(self.finished)
+        return f"jobs: {queued} queued · {running} running · {c['ok']} ok · {c['skipped']} skipped · {c['failed']} failed"
 
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "skipped": 0, "failed": 0}

@@ -156,6 +156,10 @@ class HostInfo:
     gpu: str | None
     platform: str
     hostname: str = ""
+    scheduler_job: str | None = None  # SLURM_JOB_ID of the job that ran the cell
+    array_job: str | None = None
+    array_index: int | None = None
+    node: str | None = None
 
 
 @dataclass
@@ -222,6 +226,7 @@ class CellRecord:
     fidelity: FidelityResult | None = None
     judge_reference: str = "none"  # what the judge compared answers with: none | prompt | baseline
     judge_note: str | None = None  # why this cell has no judge scores, or what went wrong judging it
+    judge_pending: bool = False  # judge.where=end: the submitting process judges it when the sweep ends
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     windows: dict[str, list[float]] = field(default_factory=dict)  # stage → [start, end] epoch seconds

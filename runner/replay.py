@@ -2,6 +2,7 @@
 
 python -m runner.replay reproduce SWEEP_DIR [--fresh | --from-cache] [--out DIR]   re-run every cell, compare
 python -m runner.replay rejudge SWEEP_DIR judge=NAME [judge.KEY=VALUE ...] [--out DIR]
+python -m runner.replay resume SWEEP_DIR      resubmit the missing and failed jobs with the sweep's own launcher
 
 The matrix and report of a sweep come from `python -m runner.collect SWEEP_DIR`.
 """
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep_dir", type=Path)
     p.add_argument("overrides", nargs="+", metavar="judge=NAME|judge.KEY=VALUE")
     p.add_argument("--out", type=Path, help="default: SWEEP_DIR/rejudge-<judge name>")
+    p = sub.add_parser("resume", help="resubmit the jobs that are missing or failed, with the sweep's own launcher")
+    p.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             out, df = rejudge(load_sweep(args.sweep_dir), args.overrides, args.out)
             print_summary(df, out, progress.console(), load_sweep(out).baseline())
             return 0
+        if args.command == "resume":
+            return _resume(load_sweep(args.sweep_dir))
         from runner.reproduce import reproduce
 
         sweep = load_sweep(args.sweep_dir)
@@ -63,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     how = " from the caches, nothing re-run" if args.from_cache else ""
     print(f"{verdict}{how}: {len(diffs)} cells → {out} (comparison in {out / 'reproduce.md'})")
     return 0 if ok else 1
+
+
+def _resume(sweep) -> int:  # type: ignore[no-untyped-def]
+    from runner import callbacks
+    from runner.rejudge import judge_deferred
+    from runner.resume import resume
+
+    if resume(sweep):
+        return 1 if callbacks.FAILED_CELLS or callbacks.END_ERRORS else 0
+    print(f"nothing to resume: every job of {sweep.dir} finished (ok or skipped)")
+    if judge_deferred(sweep):  # a detached sweep's end-of-sweep judging (judge.where=end)
+        from runner.collect import collect
+
+        print_summary(collect(sweep.dir), sweep.dir, progress.console(), load_sweep(sweep.dir).baseline())
+    return 0
 
 
 if __name__ == "__main__":

@@ -290,7 +290,8 @@ class Report:
                 "s/prompt": lambda r: with_ci(r, "s_per_prompt"),
                 "Δ s/prompt": lambda r: delta(r, "s_per_prompt", self.is_base(r)),
                 "Mean tokens": "mean_tokens", "Truncated %": "truncated_pct", "Peak RSS MB": "peak_rss_mb",
-                "Cached answers": "generations_cached", "Stale answers": "speed_stale_answers", "Device": "device"}
+                "Cached answers": "generations_cached", "Stale answers": "speed_stale_answers", "Device": "device",
+                "Host": "host", "Node": "node"}
         text = ["Token-weighted throughput (CI: bootstrap over prompts of the ratio); Δ gen tok/s is the mean "
                 "per-prompt difference. A cached answer keeps the speed measured when it was generated only if that "
                 "was on this host and device; answers measured elsewhere are **stale**: left out of every speed "
@@ -300,7 +301,8 @@ class Report:
             text.append(f"⚠️ **STALE SPEED**: {', '.join(stale['label'])} reuse answers measured on another host or "
                         "device; their speed figures cover only the answers measured here (none: –). Re-measure with "
                         "`python -m runner.replay reproduce SWEEP`.")
-        return Section("Speed", text, self._table(self.ok, cols))
+        by_host = self.ok.sort_values(["host", "label"], na_position="last") if "host" in self.ok else self.ok
+        return Section("Speed", text, self._table(by_host, cols))
 
     def size(self) -> Section:
         base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
@@ -338,7 +340,7 @@ class Report:
             else:
                 text.append(f"✅ All {len(group)} ok cells of `{model}` share one generation contract "
                             "and identical rendered prompt token ids.")
-        text += self._devices() + self._speed_comparability()
+        text += self._devices() + self._hardware() + self._speed_comparability()
         if len(contracts.drop_duplicates()) == 1:  # one contract: show it once
             table = pd.DataFrame({"Field": contracts.columns, "Value": contracts.iloc[0].values})
         else:
@@ -357,6 +359,20 @@ class Report:
                            f"even outputs are not comparable across them. Per cell: {per_cell}.")
             else:
                 out.append(f"Devices ({model}): {per_cell}.")
+        return out
+
+    def _hardware(self) -> list[str]:
+        """Speed compares only within one kind of hardware (host fingerprint: CPU, cores, GPU)."""
+        out = []
+        if "host_fingerprint" not in self.ok:
+            return out
+        for model, group in self.ok.groupby("model"):
+            hosts = group.dropna(subset=["host_fingerprint"]).groupby("host_fingerprint")
+            if len(hosts) > 1:
+                where = "; ".join(f"{g['host'].iloc[0]}: {', '.join(g['label'])}" for _, g in hosts)
+                out.append(f"⚠️ **HARDWARE MISMATCH ({model})**: its cells ran on {len(hosts)} kinds of hardware ({where}). "
+                           "Speed is compared only between cells on the same hardware; speed deltas across them "
+                           "are left empty.")
         return out
 
     def _speed_comparability(self) -> list[str]:

@@ -13,14 +13,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock
-
+from runner.locks import store_lock
 from runner.records import write_text_atomic
 
 
@@ -58,15 +58,21 @@ _REFRESHED: set[tuple[str, str, str]] = set()  # (root, kind, key) recomputed by
 
 
 class Store:
-    """`refresh`: kinds whose existing entries are recomputed (once per process) instead of reused."""
+    """`refresh`: kinds whose existing entries are recomputed (once per process) instead of reused.
+    `lock`, `lease_s`: how jobs sharing the store exclude each other (runner/locks.py)."""
 
-    def __init__(self, root: str | Path, refresh: frozenset[str] = frozenset()):
+    def __init__(self, root: str | Path, refresh: frozenset[str] = frozenset(), lock: str = "file",
+                 lease_s: float = 60.0):
         self.root = Path(root)
         self.refresh = frozenset(refresh)
+        self.lock_kind, self.lease_s = lock, lease_s
         try:
             ensure_writable(self.root)
         except OSError as e:
             raise PermissionError(f"artifact store '{self.root}' is not writable ({e}); set store_dir") from e
+
+    def _locked(self, path: str):  # type: ignore[no-untyped-def]
+        return store_lock(path, self.lock_kind, self.lease_s)
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -96,7 +102,7 @@ class Store:
         if (hit := self.lookup(kind, payload)) is not None:
             return hit
         final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):
+        with self._locked(str(final) + ".lock"):
             if (hit := self.lookup(kind, payload)) is not None:
                 return hit
             for stale in final.parent.glob(f".tmp-{key[:16]}-*"):  # left by a killed build; we hold the lock
@@ -127,12 +133,12 @@ class Store:
         st = path.stat()
         ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         memo_path = self.root / "digests.json"
-        with FileLock(str(memo_path) + ".lock"):
+        with self._locked(str(memo_path) + ".lock"):
             memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
         if ident in memo:
             return memo[ident]
         digest = sha256_file(path)
-        with FileLock(str(memo_path) + ".lock"):
+        with self._locked(str(memo_path) + ".lock"):
             memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
             memo[ident] = digest
             write_text_atomic(memo_path, json.dumps(memo, indent=0, sort_keys=True))
@@ -147,6 +153,7 @@ class Store:
         return [r for r in rows if kind is None or r["kind"] == kind]
 
     def _log_build(self, kind: str, key: str, build_s: float) -> None:
-        with FileLock(str(self.root / "builds.jsonl.lock")):
+        with self._locked(str(self.root / "builds.jsonl.lock")):
             with open(self.root / "builds.jsonl", "a") as f:
-                f.write(json.dumps({"kind": kind, "key": key, "build_s": round(build_s, 4), "pid": os.getpid()}) + "\n")
+                f.write(json.dumps({"kind": kind, "key": key, "build_s": round(build_s, 4), "pid": os.getpid(),
+                                    "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}) + "\n")

@@ -104,6 +104,12 @@ def expected_jobs(multirun_yaml: Path) -> int | None:
 
 def job_count(hydra: dict[str, Any]) -> int | None:
     """How many jobs the BasicSweeper makes of a Hydra config's sweeper params and task overrides."""
+    jobs = job_overrides(hydra)
+    return None if jobs is None else len(jobs)
+
+
+def job_overrides(hydra: dict[str, Any]) -> list[list[str]] | None:
+    """Each job's task overrides, in job number order, as the BasicSweeper expands them (None: another sweeper)."""
     sweeper = hydra.get("sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
@@ -113,7 +119,7 @@ def job_count(hydra: dict[str, Any]) -> int | None:
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     except HydraException:
         return None
-    return sum(len(b) for b in batches)
+    return [list(job) for batch in batches for job in batch]
 
 
 def _job(num: int | None, path: Path) -> Job:

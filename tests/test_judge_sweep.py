@@ -113,3 +113,29 @@ def test_report_states_the_sweep_judge_cost(tmp_path):
     cost = pd.read_csv(run_dir / "matrix.csv").judge_cost_usd[0]
     assert cost > 0
     assert f"Judge cost of this sweep: ${cost:.4f}" in (run_dir / "report.md").read_text()
+
+
+def test_judging_at_the_end_of_a_sweep_and_of_a_detached_one(tmp_path):
+    """judge.where=end: cells only generate; the submitting process judges them all when the sweep ends.
+    A sweep left before its end (records still pending) is judged by `replay resume`."""
+    import json
+
+    with FaultServerProcess(fault_rate=0.0, seed=0) as server:
+        args = ["-m", "format=gguf", "precision=fp16,q4_0", *FAST, "fidelity.enabled=false",
+                *judge_args(server.base_url), "judge.reference=none", "judge.where=end"]
+        assert run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY}).returncode == 0
+        assert server.stats()["requests"] == 14
+        sweep = sweep_dirs(tmp_path)[0]
+        assert (pd.read_csv(sweep / "matrix.csv").judged == "7/7").all()
+        for path in sweep.glob("*/result.json"):  # as if the submitting process had been closed early
+            data = json.loads(path.read_text())
+            data["judge_pending"] = True
+            for r in data["results"]:
+                r["judgments"] = []
+            path.write_text(json.dumps(data))
+        proc = run_runner(["resume", str(sweep)], tmp_path, module="runner.replay", env={"OPENAI_API_KEY": KEY})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "nothing to resume" in proc.stdout and "Matrix (2 ok)" in proc.stdout
+        assert server.stats()["requests"] == 14  # judged again from the judgment cache: no new call
+    assert (pd.read_csv(sweep / "matrix.csv").judged == "7/7").all()
+    assert not any(read_cell_record(p).judge_pending for p in sweep.glob("*/result.json"))

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import matplotlib.image
+import pandas as pd
 import pytest
 
 from runner import fairness
@@ -154,3 +155,18 @@ def test_matrix_md_shows_the_headline_columns_and_csv_keeps_all(tmp_path):
     rows = (tmp_path / "matrix.md").read_text()
     assert re.search(r"\| gguf q8_0 +\| ok ", rows) and "nan" not in rows
     assert len(df.columns) > 60 and (tmp_path / "matrix.csv").read_text().splitlines()[0].count(",") == len(df.columns) - 1
+
+
+def test_speed_is_grouped_by_host_and_not_compared_across_hardware(tmp_path):
+    records = with_runtime(sweep_records(), ["cpu"] * 4)
+    other = dataclasses.replace(records[2].host, fingerprint="fp-other", cpu="Other CPU", node="node-7", scheduler_job="4242")
+    records[2].host = other
+    df = build_matrix(records, baseline="gguf_fp16")
+    q4 = df.set_index("precision").loc["q4_0"]
+    assert pd.isna(q4["d_gen_tps"]) and pd.notna(q4["d_overall"])  # speed vs another machine: no delta
+    assert q4["node"] == "node-7" and str(q4["slurm_job"]) == "4242"
+    md = report(tmp_path, records)
+    assert "⚠️ **HARDWARE MISMATCH (tiny)**: its cells ran on 2 kinds of hardware" in md
+    speed = md.split("## Speed")[1].split("## Size")[0]
+    hosts = [h for row in speed.splitlines() for h in ("Other CPU", "Some CPU") if h in row]
+    assert hosts == sorted(hosts) and len(hosts) == 4  # rows grouped by host

@@ -97,3 +97,61 @@ def test_cached_speed_from_another_host_is_stale_not_reused(tmp_path):
     assert row.generations_cached == 7 and row.speed_stale_answers == 7
     assert pd.isna(row.gen_tps) and pd.isna(row.s_per_prompt) and row.mean_tokens > 0  # tokens still count
     assert "⚠️ **STALE SPEED**: gguf fp16" in (run / "report.md").read_text()
+
+
+def _hold_build(root: str, lock: str, started: str) -> None:
+    def build(tmp: Path) -> dict:
+        Path(started).write_text("building")
+        time.sleep(600)
+        return {}
+
+    Store(root, lock=lock, lease_s=2.0).get_or_build("thing", {"k": 1}, build)
+
+
+def _takeover(tmp_path: Path, lock: str, stop) -> tuple[float, str]:
+    """A builder holds the store lock for key k and is killed (or stopped); another builder must get it."""
+    import logging
+
+    started = tmp_path / "started"
+    proc = mp.get_context("spawn").Process(target=_hold_build, args=(str(tmp_path / "store"), lock, str(started)))
+    proc.start()
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    stop(proc)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("runner.locks").addHandler(handler)
+    try:
+        t0 = time.time()
+        entry = Store(tmp_path / "store", lock=lock, lease_s=2.0).get_or_build(
+            "thing", {"k": 1}, lambda tmp: (tmp / "data").write_text("x") and {})
+        took = time.time() - t0
+    finally:
+        logging.getLogger("runner.locks").removeHandler(handler)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+    assert (entry.path / "data").read_text() == "x" and not entry.cache_hit
+    return took, "\n".join(records)
+
+
+def _kill(proc) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()  # reaped, as a scheduler reaps a cancelled job (a zombie still counts as running)
+
+
+def test_soft_lock_of_a_killed_builder_is_taken_over_at_once(tmp_path):
+    took, logged = _takeover(tmp_path, "soft", _kill)
+    assert took < 5 and "which is no longer running" in logged
+
+
+def test_soft_lock_of_a_stalled_builder_is_taken_over_after_the_lease(tmp_path):
+    took, logged = _takeover(tmp_path, "soft", lambda proc: os.kill(proc.pid, signal.SIGSTOP))  # alive, silent
+    assert 2 <= took < 10 and "stopped refreshing it for 2 s" in logged
+
+
+def test_file_lock_of_a_killed_builder_is_released_by_the_kernel(tmp_path):
+    took, _ = _takeover(tmp_path, "file", _kill)
+    assert took < 5

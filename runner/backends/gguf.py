@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: i
 import numpy as np
 
 from runner.backends.base import artifact_info, log_softmax
+from runner.host import available_cpus
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
@@ -34,8 +35,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def default_threads(cfg: dict[str, Any]) -> tuple[int, int]:
-    """(generation, prompt) threads; `null`/`auto`: 1 on <= 2 cores, else half the cores (all for prompts)."""
-    cores = os.cpu_count() or 1
+    """(generation, prompt) threads; `null`/`auto`: 1 on <= 2 cores, else half the cores (all for prompts);
+    the cores are those allocated to this process (a Slurm job's cpus_per_task), not the machine's."""
+    cores = available_cpus()
     n, nb = cfg.get("n_threads"), cfg.get("n_threads_batch")
     n = (1 if cores <= 2 else cores // 2) if n in (None, "auto") else n
     return int(n), int(cores if nb in (None, "auto") else nb)
@@ -260,7 +262,7 @@ class GGUFBackend:
         if ftype.lower() == outtype:
             check_gguf(base_file, base.manifest["file_bytes"])
             return artifact_info(base, base_file, source)
-        n_threads = os.cpu_count() or 1
+        n_threads = available_cpus()
         payload = {"base": base.key, "params": {"ftype": ftype}, "tool_versions": versions}
 
         def build(tmp: Path) -> dict[str, Any]:

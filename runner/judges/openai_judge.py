@@ -56,6 +56,7 @@ class JudgeSettings:
     price_per_1m_input: float | None = None
     price_per_1m_output: float | None = None
     repeats: int = 1
+    where: str = "auto"  # cell | end | auto: where a sweep judges (runner/stages/judge.py: judge_where)
     server: ServerSettings = field(default_factory=ServerSettings)
 
 

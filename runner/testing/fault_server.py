@@ -52,6 +52,21 @@ class State:
     requests: int = 0
     by_outcome: Counter[str] = field(default_factory=Counter)
     seen: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most chat requests served at the same time
+    first_at: float | None = None  # epoch seconds of the first and last chat request
+    last_at: float | None = None
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.first_at = self.first_at or time.time()
+            self.last_at = time.time()
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def next_outcome(self, body: bytes) -> tuple[str, random.Random]:
         digest = hashlib.sha256(body).hexdigest()
@@ -65,11 +80,13 @@ class State:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"requests": self.requests, "by_outcome": dict(self.by_outcome)}
+            return {"requests": self.requests, "by_outcome": dict(self.by_outcome),
+                    "max_in_flight": self.max_in_flight, "first_at": self.first_at, "last_at": self.last_at}
 
     def reset(self) -> None:
         with self.lock:
-            self.requests = 0
+            self.requests = self.max_in_flight = 0
+            self.first_at = self.last_at = None
             self.by_outcome.clear()
             self.seen.clear()
 
@@ -124,7 +141,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.state.reset()
             self._send(200, {"ok": True})
         elif self.path == "/v1/chat/completions":
-            self._chat(body)
+            self.server.state.enter()
+            try:
+                self._chat(body)
+            finally:
+                self.server.state.leave()
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 

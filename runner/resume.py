@@ -1,0 +1,91 @@
+"""Finish a sweep: resubmit only its jobs that are missing or failed (preempted, timed out, cancelled), with
+the sweep's own launcher and settings, into their own job dirs: `python -m runner.replay resume SWEEP`.
+
+The store makes the finished work of those jobs free (artifacts, answers, judgments). Like `python -m
+runner -m`, it ends with the end-of-sweep judging (judge.where=end), the matrix, the report and the answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from runner.sweep import Sweep, SweepError, job_overrides
+
+DONE = ("ok", "skipped")
+
+
+def jobs_to_resume(sweep: Sweep) -> list[tuple[int, list[str]]]:
+    """(job number, task overrides) of every job without an ok or skipped record."""
+    hydra = (yaml.safe_load((sweep.dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
+    jobs = job_overrides(hydra)
+    if jobs is None:
+        raise SweepError(f"{sweep.dir}: resume needs the basic sweeper's job list (multirun.yaml names another)")
+    done = {j.num for j in sweep.jobs if j.record is not None and j.record.status in DONE}
+    return [(n, overrides) for n, overrides in enumerate(jobs) if n not in done]
+
+
+def queued_jobs(sweep: Sweep) -> list[str]:
+    """Scheduler jobs of this sweep still queued or running (submitit keeps one folder per Slurm job)."""
+    folder = sweep.dir / ".submitit"
+    ids = sorted({d.name.split("_")[0] for d in folder.iterdir() if d.name.split("_")[0].isdigit()}
+                 if folder.is_dir() else set())
+    if not ids or shutil.which("squeue") is None:
+        return []
+    proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def launch_overrides(sweep: Sweep) -> list[str]:
+    """The sweep's own Hydra overrides (launcher and its settings), with its dir."""
+    hydra = (yaml.safe_load((sweep.dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
+    saved = [str(o) for o in (hydra.get("overrides") or {}).get("hydra") or []]
+    return [o for o in saved if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))] + [
+        f"hydra.sweep.dir={sweep.dir.resolve()}", "hydra.mode=MULTIRUN"]
+
+
+def resume(sweep: Sweep) -> int:
+    """Resubmit the unfinished jobs and wait for them; how many were resubmitted."""
+    # Hydra's own multirun (hydra._internal.hydra.Hydra.multirun), with our job list instead of a sweeper's.
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobReturn
+    from hydra.types import HydraContext, RunMode
+
+    from runner import callbacks as runner_callbacks
+    from runner.__main__ import run_job
+    from runner.cell import CONF_DIR
+
+    if not sweep.is_multirun:
+        raise SweepError(f"{sweep.dir}: not a sweep dir (no multirun.yaml); give the dir `python -m runner -m ...` "
+                         "wrote")
+    if queued := queued_jobs(sweep):
+        raise SweepError(f"{sweep.dir}: jobs of this sweep are still queued or running ({', '.join(queued)}); "
+                         "wait for them (squeue) or scancel them, then resume")
+    todo = jobs_to_resume(sweep)
+    if not todo:
+        return 0
+    for n, _ in todo:  # kept beside the new record, for the audit
+        if (old := sweep.dir / str(n) / "result.json").exists():
+            old.replace(old.with_name("result.previous.json"))
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2("__main__", create_config_search_path(str(Path(CONF_DIR))))
+    cfg = hydra.compose_config("config", overrides=launch_overrides(sweep), run_mode=RunMode.MULTIRUN)
+    hooks = Callbacks(cfg)
+    runner_callbacks.EXPECTED_JOBS[:] = [len(todo)]
+    hooks.on_multirun_start(config=cfg, config_name="config")
+    launcher = Plugins.instance().instantiate_launcher(
+        config=cfg, hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=hooks), task_function=run_job)
+    # Each job goes back into its own dir: its new job number is only its place in this batch.
+    returns: list[JobReturn] = list(launcher.launch([[*overrides, f"hydra.sweep.subdir={n}"] for n, overrides in todo],
+                                                    initial_job_idx=0))
+    hooks.on_multirun_end(config=cfg, config_name="config")
+    for ret in returns:
+        _ = ret.return_value  # re-raises a job's exception, as Hydra does
+    return len(todo)
