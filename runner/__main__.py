@@ -15,6 +15,7 @@ from runner.cell import Cell
 from runner.pipeline import run_cell
 from runner.progress import quiet_console_logs
 from runner.stages.judge import judge_where
+from runner.sweep import first_swept_value
 
 
 def launcher_parallelism(launcher: DictConfig | None) -> int:
@@ -26,6 +27,13 @@ def launcher_parallelism(launcher: DictConfig | None) -> int:
     return 1
 
 
+def repeated_by_artifact_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
+    """A sweep over artifact.path repeats every other precision once per path: all but the first are skipped."""
+    mine = (cfg.get("artifact") or {}).get("path")
+    first = first_swept_value(sweep_dir, "artifact.path")
+    return first if mine is not None and first is not None and str(mine) != first else None
+
+
 def run_job(cfg: DictConfig) -> str:
     """One Hydra job: one cell (also the task function `replay resume` hands the launcher)."""
     hc = HydraConfig.get()
@@ -35,6 +43,8 @@ def run_job(cfg: DictConfig) -> str:
     # `replay resume` puts a resubmitted job back in its own dir (hydra.sweep.subdir=N) under a new job.num
     num = int(job_dir.name) if multirun and job_dir.name.isdigit() else hc.job.num if multirun else None
     cell = Cell.from_config(cfg, list(hc.overrides.task), num)
+    if multirun and not cell.precision.get("prebuilt"):
+        cell.duplicate_of = repeated_by_artifact_sweep(cfg, Path(hc.sweep.dir))
     launcher = str(hc.launcher.get("_target_", ""))
     record = run_cell(cell, job_dir, parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1,
                       judge_at_end=multirun and judge_where(cfg.judge, launcher) == "end")

@@ -46,20 +46,24 @@ class Cell:
     baseline: str
     store_lock: str = "file"
     store_lease_s: float = 60.0
+    artifact_path: str | None = None  # precision=prebuilt: artifact.path
+    duplicate_of: str | None = None  # a non-prebuilt cell repeated by an artifact.path sweep: the value it runs with
 
     @classmethod
     def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         plain = {k: v for k, v in plain.items() if k != "hydra"}
+        artifact = (plain.get("artifact") or {}).get("path") if plain["precision"].get("prebuilt") else None
+        artifact = str(Path(str(artifact)).expanduser().resolve()) if artifact else None
         ident = CellIdentity(
             model=plain["model"]["name"], format=plain["format"]["name"], precision=plain["precision"]["name"],
             generation=plain["generation"]["name"], prompts=plain["prompts"]["name"], judge=plain["judge"]["name"],
-            overrides=list(overrides or []), job_num=job_num,
+            overrides=list(overrides or []), job_num=job_num, artifact=artifact,
         )
         return cls(ident, plain["model"], plain["format"], plain["precision"], plain["generation"], plain["prompts"],
                    plain["judge"], plain.get("fidelity") or {"enabled": False}, int(plain["seed"]),
                    int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]),
-                   str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)))
+                   str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)), artifact)
 
     def invalid_reason(self) -> str | None:
         """Why this format × precision pair cannot run (a skip, not an error), or None."""
@@ -67,7 +71,19 @@ class Cell:
         if self.format["name"] not in formats:
             return (f"precision {self.precision['name']!r} does not apply to format {self.format['name']!r} "
                     f"(it applies to: {', '.join(formats)})")
+        if self.duplicate_of is not None:
+            return (f"the same cell as with artifact.path={self.duplicate_of}: artifact.path applies to "
+                    "precision=prebuilt only")
+        if self.artifact_path and Path(self.artifact_path).exists():
+            kind = "gguf" if Path(self.artifact_path).is_file() else "mlx"
+            if kind != self.format["name"]:
+                what = "a GGUF file" if kind == "gguf" else "a folder (an MLX model)"
+                return f"artifact.path {self.artifact_path} is {what}: it runs as format={kind}"
         return None
+
+    def precision_config(self) -> dict[str, Any]:
+        """The precision group as the backend reads it; a prebuilt one carries its artifact's path."""
+        return {**self.precision, "path": self.artifact_path} if self.precision.get("prebuilt") else self.precision
 
     def build_configs(self, build: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(format cfg, precision cfg) of a FORMAT_PRECISION build such as the baseline `gguf_fp16`.
@@ -92,6 +108,15 @@ class Cell:
         return SamplerParams(float(g["temperature"]), float(g["top_p"]), int(g["top_k"]), float(g["min_p"]),
                              float(g["repetition_penalty"]), int(g["max_tokens"]), self.seed + repeat)
 
+    def chat(self) -> bool:
+        """Chat-template rendering (`generation.chat`; `auto`: the model's own `model.chat`, default true)."""
+        value = self.generation.get("chat", "auto")
+        if value in (None, "auto"):
+            value = self.model.get("chat", True)
+        if not isinstance(value, bool):
+            raise ValueError(f"generation.chat must be auto, true or false, got {value!r}")
+        return value
+
     def validate(self) -> None:
         """User-caused config errors, raised once with the key at fault."""
         g = self.generation
@@ -105,6 +130,12 @@ class Cell:
             raise ValueError(f"store_lock must be one of {', '.join(LOCK_KINDS)}, got {self.store_lock!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.precision.get("prebuilt"):
+            if not self.artifact_path:
+                raise ValueError("precision=prebuilt needs artifact.path= a .gguf file (format=gguf) or an MLX "
+                                 "model folder (format=mlx)")
+            if not Path(self.artifact_path).exists():
+                raise FileNotFoundError(f"artifact.path: no such file or folder: {self.artifact_path}")
         if self.fidelity.get("enabled"):
             from runner.stages.fidelity import parse_top_k
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from runner import fairness, progress
+from runner import findings, progress
 from runner.headline import print_summary
 from runner.matrix import sweep_matrix, write_matrix
 from runner.report import MAX_KLD, MIN_TOP1, write_report
@@ -25,7 +25,7 @@ def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
     df = sweep_matrix(sweep)
     write_matrix(df, sweep.dir)
     if not df.empty:
-        write_report(df, fairness.find(sweep.records), sweep.dir, baseline=sweep.baseline(), **report_options)
+        write_report(df, findings.find(sweep.records), sweep.dir, baseline=sweep.baseline(), **report_options)
     return df
 
 

@@ -19,7 +19,7 @@ COLUMNS = {"Size GB": "size_gb", "Bits/weight": "bits_per_weight", "KLD": "kld_m
 
 def _quality_column(df: pd.DataFrame) -> tuple[str, str] | None:
     """Check pass rate where the prompt suite has checks, else the judge's overall score."""
-    for title, col in (("Check pass %", "check_pass"), ("Judge overall", "overall")):
+    for title, col in (("Check pass %", "check_pass"), ("Judge overall", "overall"), ("Win % vs baseline", "win_rate")):
         if col in df and df[col].notna().any():
             return title, col
     return None
@@ -44,9 +44,14 @@ def headline_table(df: pd.DataFrame) -> Table:
         table.add_column(title, justify="right")
     for _, r in rows.iterrows():
         status = "[red]failed[/red]" if r["status"] == "failed" else r["status"]
-        table.add_row(escape(cell_label(r["format"], r["precision"])), status,
+        table.add_row(escape(cell_label(r["format"], r["precision"], _artifact(r))), status,
                       *(fmt(r.get(c)) for c in columns.values()))
     return table
+
+
+def _artifact(row: pd.Series) -> str | None:
+    value = row.get("artifact")
+    return value if isinstance(value, str) else None
 
 
 def print_summary(df: pd.DataFrame, out_dir: Path, out: Console, baseline: str | None = None,
@@ -60,13 +65,17 @@ def print_summary(df: pd.DataFrame, out_dir: Path, out: Console, baseline: str |
         out.print(headline_table(df))
     skipped = df[df["status"] == "skipped"]
     if len(skipped):
-        out.print(escape(f"skipped ({len(skipped)}): " + ", ".join(cell_label(f, p) for f, p in
-                                                                 zip(skipped["format"], skipped["precision"]))))
-    lines, _ = Report(df, None, baseline, max_kld, min_top1).recommendation()
+        out.print(escape(f"skipped ({len(skipped)}): " + ", ".join(cell_label(r["format"], r["precision"], _artifact(r))
+                                                                 for _, r in skipped.iterrows())))
+    report = Report(df, None, baseline, max_kld, min_top1)
+    for line in report.requantized():
+        out.print(_markup(line))
+    lines, _ = report.recommendation()
     for line in lines:
         out.print(_markup(line))
     for _, r in df[df["status"] == "failed"].iterrows():
-        out.print(f"[red]failed[/red] {escape(cell_label(r['format'], r['precision']))}: {escape(str(r['reason']))}")
+        out.print(f"[red]failed[/red] {escape(cell_label(r['format'], r['precision'], _artifact(r)))}: "
+                  f"{escape(str(r['reason']))}")
     report = (Path(out_dir) / "report.html").resolve()
     if report.exists():
         out.print(f"Report: [link={report.as_uri()}]{report.as_uri()}[/link]")

@@ -7,6 +7,7 @@ seed in another cell.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -17,6 +18,14 @@ IDENTITY_GROUPS = ("model", "format", "precision", "generation", "prompts", "jud
 
 def build_id(fmt: str, precision: str) -> str:
     return f"{fmt}_{precision}"
+
+
+def precision_label(precision: str, artifact: str | None = None) -> str:
+    """How a precision reads in labels: a prebuilt one by its artifact's name (`prebuilt:x-Q4_K_M`)."""
+    if artifact:
+        name = Path(artifact).name
+        return f"{precision}:{name.removesuffix('.gguf')}"
+    return str(precision)
 
 
 def parse_build_id(value: str, setting: str = "baseline") -> tuple[str, str]:
@@ -49,7 +58,7 @@ def answer_key(result: _Answer) -> tuple[str, int]:
     return result.prompt_id, result.repeat
 
 
-NON_CONTEXT_KEYS = ("format", "precision")  # what may differ between a cell and its baseline
+NON_CONTEXT_KEYS = ("format", "precision", "artifact.path")  # what may differ between a cell and its baseline
 
 
 def is_build(record: CellRecord, build: str | None) -> bool:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from runner.identity import IDENTITY_GROUPS, parse_override
-from runner.judges.aggregate import judge_columns
+from runner.identity import IDENTITY_GROUPS, parse_override, precision_label
+from runner.judges.aggregate import judge_columns, pairwise_columns
 from runner.matrix_stats import stat_columns
 from runner.records import CellRecord
 from runner.sweep import Job, Sweep
@@ -27,13 +27,15 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
     c = rec.cell
     row: dict[str, Any] = {"job": c.job_num, "model": c.model, "format": c.format, "precision": c.precision,
                            "generation": c.generation, "prompts": c.prompts, "judge": c.judge,
-                           "status": rec.status, "reason": rec.reason}
+                           "status": rec.status, "reason": rec.reason, "artifact": c.artifact}
     a = rec.artifact
     row.update({
         "bits_per_weight": _nan(a.bits_per_weight) if a else math.nan,
         "size_gb": a.size_bytes / 1e9 if a else math.nan,
         "build_s": a.build_s if a else math.nan,
         "artifact_cache_hit": a.cache_hit if a else None,
+        "quant_notes": "; ".join(a.warnings) if a and a.warnings else None,  # e.g. llama.cpp's fallback lines
+        "requantized_from": rec.source.requantized_from if rec.source else None,
     })
     rt, host = rec.runtime, rec.host
     row.update({"device": rt.device if rt else None, "compute_dtype": rt.compute_dtype if rt else None,
@@ -56,6 +58,7 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "speed_parallel_jobs": s.parallel_jobs if s else None,
     })
     row.update(judge_columns([(r.category, j) for r in rec.results for j in r.judgments or [None]]))
+    row.update(pairwise_columns(rec.results))
     row.update({"judge_reference": rec.judge_reference, "judge_note": rec.judge_note})
     f = rec.fidelity
     row.update({
@@ -65,6 +68,12 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "fidelity_baseline": f.baseline if f else None,
         "kld_top_k": (f.top_k if f.top_k is not None else "all") if f else None,
     })
+    checked = [r.check.passed for r in rec.results if r.check is not None]
+    row["check_pass"] = 100.0 * sum(checked) / len(checked) if checked else math.nan
+    row["checked"] = f"{sum(checked)}/{len(checked)}" if checked else None
+    for cat in sorted({r.category for r in rec.results if r.check is not None}):
+        passed = [r.check.passed for r in rec.results if r.check is not None and r.category == cat]
+        row[f"check_pass_{cat}"] = 100.0 * sum(passed) / len(passed)
     agree = [r.agreement for r in rec.results if r.agreement]
     row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan
     row["answer_similarity"] = sum(x["token_similarity"] for x in agree) / len(agree) if agree else math.nan
@@ -117,7 +126,8 @@ HEADLINE = ("build", "status", "size_gb", "bits_per_weight", "kld_mean", "top1_p
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """The headline view: build, status, size, bits/weight, KLD, top-1, judge overall with its CI, speed, reason."""
-    out = df.assign(build=df["format"].astype(str) + " " + df["precision"].astype(str))
+    out = df.assign(build=[f"{f} {precision_label(p, a if isinstance(a, str) else None)}"
+                           for f, p, a in zip(df["format"], df["precision"], df.get("artifact", [None] * len(df)))])
     if "overall" in out:
         def with_ci(r: pd.Series) -> str:
             if pd.isna(r["overall"]):

@@ -13,6 +13,8 @@ Column names, for a metric `m` of the matrix:
   d_m_sig             Holm-adjusted p ≤ 0.05 within the metric's family (judge criteria together; each
                       speed metric alone); never true below 6 prompts
   d_m_mdd             minimum detectable difference (80% power): smaller true differences could be missed
+  d_m_n_needed        prompts needed to detect TARGETS[m] (0.5 judge points, 5 points of check_pass) at the
+                      spread of this cell's per-prompt differences
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import numpy as np
 
 from runner.host import measured_on
 from runner.identity import answer_key, find_baseline
+from runner.judges.aggregate import pairwise_value
 from runner.judges.rubric import CRITERIA
 from runner.metrics.stats import (MIN_PROMPTS_FOR_CI, cluster_mean_ci, cluster_ratio_ci, holm,
-                                  min_prompts_for_significance, paired_prompt_delta)
+                                  min_prompts_for_significance, paired_prompt_delta, prompts_needed)
 from runner.records import CellRecord, PromptResult
 from runner.speed import comparable, decode_tokens_and_seconds
 
@@ -42,7 +45,7 @@ Getter = Callable[[PromptResult], float]
 
 def _score(criterion: str) -> Getter:
     def get(r: PromptResult) -> float:  # mean over judge repeats
-        scores = [j.scores[criterion] for j in r.judgments if j.scores is not None]
+        scores = [j.scores[criterion] for j in r.judgments if j.scores is not None and j.winner is None]
         return float(np.mean(scores)) if scores else math.nan
     return get
 
@@ -56,9 +59,19 @@ def _answer_gen_tps(r: PromptResult) -> float:
     return g.gen_tps if g.completion_tokens > 1 and g.gen_tps > 0 else math.nan
 
 
+def _check_pass(r: PromptResult) -> float:
+    return 100.0 * r.check.passed if r.check is not None else math.nan
+
+
+def _pairwise(what: str) -> Getter:
+    return lambda r: pairwise_value(r, what)
+
+
 # Per-answer values whose plain mean is the matrix column.
 MEANS: dict[str, Getter] = {
     **{c: _score(c) for c in CRITERIA},
+    "check_pass": _check_pass,
+    **{m: _pairwise(m) for m in ("win_rate", "tie_rate", "loss_rate", "position_inconsistency")},
     "answer_agreement": _agreement("exact"),
     "answer_similarity": _agreement("token_similarity"),
     "s_per_prompt": lambda r: r.generation.wall_s,
@@ -74,9 +87,12 @@ RATIOS: dict[str, Callable[[PromptResult], tuple[float, float]]] = {
 }
 
 # Per-answer values paired against the baseline cell, by family (Holm adjusts within a family).
-DELTAS: dict[str, Getter] = {**{c: _score(c) for c in CRITERIA}, "gen_tps": _answer_gen_tps,
-                             "s_per_prompt": MEANS["s_per_prompt"]}
-FAMILIES: dict[str, tuple[str, ...]] = {"judge": CRITERIA, "gen_tps": ("gen_tps",), "s_per_prompt": ("s_per_prompt",)}
+DELTAS: dict[str, Getter] = {**{c: _score(c) for c in CRITERIA}, "check_pass": _check_pass,
+                             "gen_tps": _answer_gen_tps, "s_per_prompt": MEANS["s_per_prompt"]}
+# The difference worth detecting, per quality metric: d_m_n_needed says how many prompts that takes.
+TARGETS: dict[str, float] = {**dict.fromkeys(CRITERIA, 0.5), "check_pass": 5.0}
+FAMILIES: dict[str, tuple[str, ...]] = {"judge": CRITERIA, "check": ("check_pass",), "pairwise": ("pairwise_net",),
+                                        "gen_tps": ("gen_tps",), "s_per_prompt": ("s_per_prompt",)}
 
 
 def speed_tag(rec: CellRecord) -> str | None:
@@ -108,18 +124,35 @@ def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
                 sums[r.prompt_id][1] += den
         num, den = zip(*sums.values()) if sums else ((), ())
         _, cols[f"{name}_lo"], cols[f"{name}_hi"] = cluster_ratio_ci(num, den, n_boot, level)
-    by_cat: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rec.results:
-        by_cat[r.category][r.prompt_id].append(MEANS["overall"](r))
-    for cat, prompts in sorted(by_cat.items()):
-        _, cols[f"overall_{cat}_lo"], cols[f"overall_{cat}_hi"] = cluster_mean_ci(list(prompts.values()), n_boot, level)
-        cols[f"overall_{cat}_n"] = len(prompts)
+    for metric in ("overall", "check_pass"):  # per category, over the category's prompts
+        by_cat: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in rec.results:
+            if not math.isnan(value := MEANS[metric](r)) or metric == "overall":
+                by_cat[r.category][r.prompt_id].append(value)
+        for cat, prompts in sorted(by_cat.items()):
+            _, cols[f"{metric}_{cat}_lo"], cols[f"{metric}_{cat}_hi"] = cluster_mean_ci(list(prompts.values()),
+                                                                                      n_boot, level)
+            cols[f"{metric}_{cat}_n"] = len(prompts)
+    cols.update(_pairwise_net(rec, n_boot, level))
     f = rec.fidelity
     z = NormalDist().inv_cdf((1 + level) / 2)
     enough = f is not None and f.n_chunks >= MIN_PROMPTS_FOR_CI and math.isfinite(f.kld_se)
     cols["kld_mean_lo"] = max(f.kld_mean - z * f.kld_se, 0.0) if enough else math.nan  # normal approx., KLD ≥ 0
     cols["kld_mean_hi"] = f.kld_mean + z * f.kld_se if enough else math.nan
     return cols
+
+
+def _pairwise_net(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
+    """Net preference over the baseline (win − loss, % of answers, per prompt): already a paired comparison,
+    tested like a delta (d_pairwise_net*: sign-flip p, Holm within its family, detection limit)."""
+    per_prompt = _by_prompt(rec.results, _pairwise("net"), "pairwise_net", None)
+    values = {pid: v for pid, v in per_prompt.items() if not all(math.isnan(x) for x in v)}
+    if not values:
+        return {}
+    zeros = {pid: [0.0 if not math.isnan(x) else math.nan for x in v] for pid, v in values.items()}
+    d = paired_prompt_delta(zeros, values, n_boot, level)
+    return {"d_pairwise_net": d["delta"], "d_pairwise_net_lo": d["lo"], "d_pairwise_net_hi": d["hi"],
+            "d_pairwise_net_p": d["p"], "d_pairwise_net_mdd": d["mdd"], "d_pairwise_net_n": d["n"]}
 
 
 def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
@@ -136,6 +169,8 @@ def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float)
                                 _by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
         cols.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"],
                      f"d_{name}_p": d["p"], f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
+        if name in TARGETS:
+            cols[f"d_{name}_n_needed"] = prompts_needed(d["sd"], TARGETS[name])
     return cols
 
 
@@ -189,7 +224,7 @@ def judge_noise(records: list[CellRecord]) -> JudgeNoise | None:
     for rec in records:
         for r in rec.results:
             for j in r.judgments:
-                if j.scores is not None:
+                if j.scores is not None and j.winner is None:
                     groups[(r.prompt_id, r.repeat, r.answer)][j.key or id(j)] = float(j.scores["overall"])
     diffs, n_groups, n_judgments = [], 0, 0
     for scores in groups.values():

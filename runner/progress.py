@@ -32,6 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.identity import precision_label
 from runner.records import Generation, write_text_atomic
 
 DISPLAY_ENV = "RUNNER_DISPLAY"  # set by the monitor for the cells' processes: terminal | plain | off
@@ -268,12 +269,13 @@ def _read_finished(path: Path) -> _Finished:
     data = json.loads(path.read_text())
     cell = data.get("cell") or {}
     window = (data.get("windows") or {}).get("cell")
-    return _Finished(label=cell_label(cell.get("format"), cell.get("precision")), status=data.get("status", "failed"),
+    return _Finished(label=cell_label(cell.get("format"), cell.get("precision"), cell.get("artifact")),
+                     status=data.get("status", "failed"),
                      reason=data.get("reason"), seconds=window[1] - window[0] if window else None)
 
 
-def cell_label(fmt: Any, precision: Any) -> str:
-    return f"{fmt} × {precision}"
+def cell_label(fmt: Any, precision: Any, artifact: str | None = None) -> str:
+    return f"{fmt} × {precision_label(str(precision), artifact)}"
 
 
 def _clock(seconds: float) -> str:

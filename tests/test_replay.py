@@ -164,7 +164,7 @@ def test_rejudge_against_the_baseline_needs_the_baseline_cell(sweep, tmp_path, c
     data = json.loads(result.read_text())
     result.write_text(json.dumps({**data, "status": "failed", "reason": "boom"}))
     assert main(["rejudge", str(copy), "judge.reference=baseline"]) == 2
-    assert "judge.reference=baseline: the sweep has no ok gguf_fp16 cell" in capsys.readouterr().err
+    assert "judge.mode=pairwise: the sweep has no ok gguf_fp16 cell" in capsys.readouterr().err
 
 
 def test_collect_a_copy_elsewhere_without_engines(sweep, tmp_path):

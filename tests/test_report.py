@@ -10,7 +10,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from runner import fairness
+from runner import findings
 from runner.matrix import build_matrix
 from runner.report import write_report
 from test_summary import answer, cell_record  # the synthetic record builder (tests/ is on sys.path)
@@ -35,7 +35,7 @@ def sweep_records(judged: bool = True, max_tokens_of_q8: int = 8, q4_overall: fl
 
 def report(tmp_path: Path, records, **options) -> str:
     df = build_matrix(records, baseline="gguf_fp16")
-    write_report(df, fairness.find(records), tmp_path, baseline="gguf_fp16", **options)
+    write_report(df, findings.find(records), tmp_path, baseline="gguf_fp16", **options)
     return (tmp_path / "report.md").read_text()
 
 
@@ -139,7 +139,7 @@ def test_html_escapes_everything_from_the_sweep(tmp_path):
     evil.mkdir()
     records = sweep_records()
     records[5].reason = "<img src=x onerror=alert(2)>"
-    write_report(build_matrix(records, baseline="gguf_fp16"), fairness.find(records), evil, baseline="gguf_fp16")
+    write_report(build_matrix(records, baseline="gguf_fp16"), findings.find(records), evil, baseline="gguf_fp16")
     html = (evil / "report.html").read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;script&gt;" in html
     assert "<img src=x" not in html and "<strong>" in html  # our own markup still renders

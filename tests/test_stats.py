@@ -102,3 +102,16 @@ def test_paired_prompt_delta():
     assert math.isnan(few["lo"]) and few["p"] == 0.5 and few["n"] == 2
     with pytest.raises(ValueError, match="values"):
         paired_prompt_delta({"a": [1.0, 2.0]}, {"a": [1.0]})
+
+
+def test_prompts_needed_against_a_hand_computation():
+    """sd 1.036, target 0.5, alpha 0.05, power 0.8: the normal approximation gives (2.8016 · 1.036 / 0.5)² = 33.7,
+    and the paired t test needs n = 36 (t_{0.975,35} + t_{0.8,35} = 2.030 + 0.852 = 2.882; 2.882 · 1.036 / 6 = 0.4977,
+    while n = 35 gives 0.5052)."""
+    from runner.metrics.stats import prompts_needed
+
+    assert prompts_needed(1.036, 0.5) == 36
+    assert prompts_needed(1.036, 0.25) > 4 * 33  # four times the precision takes about four times the prompts
+    assert prompts_needed(0.01, 5.0) == min_prompts_for_significance(0.05)  # never below what the test can reach
+    assert math.isnan(prompts_needed(0.0, 0.5)) and math.isnan(prompts_needed(1.0, 0.0))
+    assert math.isnan(min_detectable_difference([0.5] * 10))  # no spread: no limit to estimate

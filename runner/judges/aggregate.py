@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from runner.judges.pairwise import outcome
 from runner.judges.rubric import CRITERIA
-from runner.records import Judgment
+from runner.records import Judgment, PromptResult
 
 
-def _mean(values: list[int]) -> float:
+def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
@@ -19,7 +20,7 @@ def judge_columns(judgments: list[tuple[str, Judgment | None]]) -> dict[str, Any
     Failed judgments (scores None) are excluded from the means and counted in `judge_failed`;
     `judged` is "valid/total". Cost is None when any judgment's cost is unknown.
     """
-    valid = [(cat, j.scores) for cat, j in judgments if j is not None and j.scores is not None]
+    valid = [(cat, j.scores) for cat, j in judgments if j is not None and j.scores is not None and j.winner is None]
     present = [j for _, j in judgments if j is not None]
     cols: dict[str, Any] = {c: _mean([s[c] for _, s in valid]) for c in CRITERIA}
     for cat in sorted({cat for cat, _ in judgments}):
@@ -29,4 +30,43 @@ def judge_columns(judgments: list[tuple[str, Judgment | None]]) -> dict[str, Any
     costs = [j.cost_usd for j in present]
     cols["judge_cost_usd"] = sum(costs) if costs and None not in costs else None  # type: ignore[arg-type]
     cols["judge_model"] = ", ".join(sorted({j.judge_model for j in present})) or None
+    return cols
+
+
+OUTCOMES = ("win", "tie", "loss")
+
+
+def pairwise_outcomes(result: PromptResult) -> list[tuple[str, bool]]:
+    """Per judge repeat, the answer's pairwise outcome vs the baseline and whether the two orders disagreed
+    (runner/judges/pairwise.py); failed verdicts drop their repeat. Empty: not judged pairwise."""
+    first = [j for j in result.judgments if j.order == 0]
+    second = [j for j in result.judgments if j.order == 1]
+    out = []
+    for a, b in zip(first, second):
+        if (o := outcome(a.winner if a.scores is not None else None, b.winner if b.scores is not None else None)):
+            out.append(o)
+    return out
+
+
+def pairwise_value(result: PromptResult, what: str) -> float:
+    """One answer's win / tie / loss share or position inconsistency (%), or net preference (win − loss)."""
+    outcomes = pairwise_outcomes(result)
+    if not outcomes:
+        return math.nan
+    if what == "position_inconsistency":
+        return 100.0 * sum(inconsistent for _, inconsistent in outcomes) / len(outcomes)
+    if what == "net":
+        return 100.0 * sum((o == "win") - (o == "loss") for o, _ in outcomes) / len(outcomes)
+    return 100.0 * sum(o == what.removesuffix("_rate") for o, _ in outcomes) / len(outcomes)
+
+
+def pairwise_columns(results: list[PromptResult]) -> dict[str, Any]:
+    """win_rate, tie_rate, loss_rate, position_inconsistency (% of answers) and pairwise_judged (k/n)."""
+    paired = [r for r in results if any(j.order is not None for j in r.judgments)]
+    if not paired:
+        return {}
+    judged = [r for r in paired if pairwise_outcomes(r)]
+    cols = {f"{o}_rate": _mean([pairwise_value(r, f"{o}_rate") for r in judged]) for o in OUTCOMES}
+    cols["position_inconsistency"] = _mean([pairwise_value(r, "position_inconsistency") for r in judged])
+    cols["pairwise_judged"] = f"{len(judged)}/{len(results)}"
     return cols

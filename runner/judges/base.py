@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 JUDGE_NAMES = ("none", "openai", "local")
 REFERENCE_MODES = ("none", "prompt", "baseline")  # what `judge.reference` may name
+JUDGE_MODES = ("absolute", "pairwise")  # `judge.mode`: a 0-10 rubric per answer, or the build vs the baseline
 
 
 @dataclass
@@ -24,6 +25,8 @@ class JudgeItem:
     reference: str | None
     generation_key: str
     repeat: int = 0  # judge repeat index (judge.repeats): a separate, separately cached verdict
+    pair_answer: str | None = None  # judge.mode=pairwise: the baseline's answer to the same prompt and seed
+    order: int = 0  # pairwise: 0 shows the baseline's answer first, 1 the build's (runner/judges/pairwise.py)
 
 
 class Judge(Protocol):

@@ -22,7 +22,8 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from runner.judges import rubric
-from runner.judges.base import REFERENCE_MODES, JudgeItem
+from runner.judges import pairwise
+from runner.judges.base import JUDGE_MODES, REFERENCE_MODES, JudgeItem
 from runner.judges.local_server import EXITED, LocalServer, ServerExited, ServerSettings, gguf_has_chat_template
 from runner.records import Judgment, from_dict, to_dict
 from runner.store import Store, hash_payload
@@ -57,6 +58,7 @@ class JudgeSettings:
     price_per_1m_output: float | None = None
     repeats: int = 1
     where: str = "auto"  # cell | end | auto: where a sweep judges (runner/stages/judge.py: judge_where)
+    mode: str = "absolute"  # absolute: the 0-10 rubric per answer; pairwise: each build vs the baseline's answer
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
@@ -80,7 +82,9 @@ def settings_from_cfg(cfg: dict[str, Any]) -> JudgeSettings:
                          f"{list(rubric.RESPONSE_FORMATS)}")
     if s.reference not in REFERENCE_MODES:
         raise ValueError(f"{where}: reference {s.reference!r} is not one of {list(REFERENCE_MODES)}")
-    if s.rubric_version != rubric.RUBRIC_VERSION:
+    if s.mode not in JUDGE_MODES:
+        raise ValueError(f"{where}: mode {s.mode!r} is not one of {list(JUDGE_MODES)}")
+    if s.mode == "absolute" and s.rubric_version != rubric.RUBRIC_VERSION:
         raise ValueError(f"{where}: rubric_version {s.rubric_version!r} is unknown; this runner has "
                          f"{rubric.RUBRIC_VERSION!r}")
     for key in ("concurrency", "max_completion_tokens", "repeats"):
@@ -128,6 +132,8 @@ class OpenAIJudge:
     def __init__(self, settings: JudgeSettings):
         self.settings = settings
         self.name = settings.name
+        self.mode = settings.mode
+        self.rubric: Any = pairwise if settings.mode == "pairwise" else rubric  # messages, schema, parsing
         self.model = settings.model or self._default_model()
         self.repeats = settings.repeats
         self._server: LocalServer | None = None
@@ -225,16 +231,20 @@ class OpenAIJudge:
         payload: dict[str, Any] = {
             "generation_key": item.generation_key,
             "judge": identity,
-            "rubric_version": rubric.RUBRIC_VERSION,
-            "rubric_sha": rubric.RUBRIC_SHA,
+            "mode": s.mode,
+            "rubric_version": self.rubric.RUBRIC_VERSION,
+            "rubric_sha": self.rubric.RUBRIC_SHA,
             "reference_sha": rubric.text_sha(item.reference),
             "messages_sha": rubric.text_sha(json.dumps(messages)),
-            "params": {"response_format": rubric.response_format(s.response_format), "temperature": s.temperature,
+            "params": {"response_format": self._response_format(), "temperature": s.temperature,
                        "reasoning_effort": s.reasoning_effort, "max_completion_tokens": s.max_completion_tokens},
         }
         if item.repeat:  # repeat 0 keeps the key of a single verdict
             payload["judge_repeat"] = item.repeat
         return payload
+
+    def _response_format(self) -> dict[str, Any] | None:
+        return rubric.response_format(self.settings.response_format, self.rubric.reply_schema())
 
     def request_params(self) -> dict[str, Any]:
         s = self.settings
@@ -247,7 +257,7 @@ class OpenAIJudge:
             params["max_tokens"] = s.max_completion_tokens
             if s.temperature is not None:
                 params["temperature"] = s.temperature
-        if (fmt := rubric.response_format(s.response_format)) is not None:
+        if (fmt := self._response_format()) is not None:
             params["response_format"] = fmt
         return params
 
@@ -304,7 +314,7 @@ class OpenAIJudge:
     def _record(self, tally: _Tally, key: str, verdict: rubric.Verdict | None = None,
                 error: str | None = None) -> Judgment:
         return Judgment(
-            judge_model=self.model, rubric_version=rubric.RUBRIC_VERSION,
+            judge_model=self.model, rubric_version=self.rubric.RUBRIC_VERSION, winner=verdict.winner if verdict else None,
             scores=verdict.scores if verdict else None, reasoning=verdict.reasoning if verdict else None,
             error=self._redact(error) if error else None, attempts=tally.attempts,
             input_tokens=tally.input_tokens, output_tokens=tally.output_tokens, cost_usd=self._cost(tally), key=key,
@@ -332,10 +342,10 @@ class OpenAIJudge:
                     problem = f"refused: {choice.message.refusal}"
                 else:
                     try:
-                        return self._record(tally, key, verdict=rubric.parse_reply(content))
+                        return self._record(tally, key, verdict=self.rubric.parse_reply(content))
                     except rubric.InvalidReply as e:
                         problem = str(e)
-            messages = messages + rubric.correction_messages(content, problem)
+            messages = messages + self.rubric.correction_messages(content, problem)
         return self._record(tally, key, error=f"invalid reply after one re-ask: {problem}")
 
     def judge_all(self, items: list[JudgeItem], store: Store) -> list[Judgment]:
@@ -345,7 +355,11 @@ class OpenAIJudge:
         todo: dict[str, tuple[list[dict[str, str]], dict[str, Any], list[int]]] = {}
         identity = self.judge_identity(store)
         for i, item in enumerate(items):
-            messages = rubric.build_messages(item)
+            if self.mode == "pairwise" and item.answer == item.pair_answer:
+                results[i] = Judgment(judge_model=self.model, rubric_version=self.rubric.RUBRIC_VERSION, scores={},
+                                      winner="tie", reasoning=pairwise.IDENTICAL)
+                continue
+            messages = self.rubric.build_messages(item)
             payload = self.cache_payload(item, messages, identity)
             key = hash_payload(payload)
             if key in todo:  # an identical item in this batch: judge it once
@@ -370,4 +384,9 @@ class OpenAIJudge:
                     for i in indexes:
                         results[i] = dataclasses.replace(judgment)
         assert all(r is not None for r in results)
+        if self.mode == "pairwise":  # the verdict names a position (A, B); the record names who won
+            for j, item in zip(results, items):
+                if j.winner in ("A", "B"):
+                    j.winner = pairwise.for_build(j.winner, item.order)
+                j.order = item.order
         return results  # type: ignore[return-value]

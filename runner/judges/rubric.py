@@ -70,7 +70,8 @@ class InvalidReply(ValueError):
 @dataclass
 class Verdict:
     reasoning: str
-    scores: dict[str, int]
+    scores: dict[str, int]  # absolute mode; {} in pairwise mode
+    winner: str | None = None  # pairwise mode: A, B or tie
 
 
 def reply_schema() -> dict[str, Any]:
@@ -88,12 +89,13 @@ def reply_schema() -> dict[str, Any]:
     }
 
 
-def response_format(kind: str) -> dict[str, Any] | None:
-    """The chat-completions `response_format` for `kind` (None: plain text)."""
+def response_format(kind: str, schema: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The chat-completions `response_format` for `kind` (None: plain text), for the verdict `schema`."""
+    schema = schema or reply_schema()
     if kind == "json_schema":  # OpenAI structured outputs
-        return {"type": "json_schema", "json_schema": {"name": "judgment", "strict": True, "schema": reply_schema()}}
+        return {"type": "json_schema", "json_schema": {"name": "judgment", "strict": True, "schema": schema}}
     if kind == "json_object":  # llama_cpp.server: grammar-constrained by the schema
-        return {"type": "json_object", "schema": reply_schema()}
+        return {"type": "json_object", "schema": schema}
     if kind == "text":
         return None
     raise ValueError(f"response_format {kind!r} is not one of {list(RESPONSE_FORMATS)}")
@@ -156,18 +158,23 @@ def _extract_object(content: str) -> Any:
     raise InvalidReply("the reply is not valid JSON")
 
 
-def parse_reply(content: str | None) -> Verdict:
-    """Validate a judge reply: all keys present, reasoning a string, scores integers in 0..10."""
+def reply_object(content: str | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The reply's JSON object with a string `reasoning` and every one of `keys`, else InvalidReply."""
     if not content or not content.strip():
         raise InvalidReply("the reply is empty")
     obj = _extract_object(content.strip())
     if not isinstance(obj, dict):
         raise InvalidReply(f"the reply is a JSON {type(obj).__name__}, not an object")
-    missing = [k for k in ("reasoning", *CRITERIA) if k not in obj]
-    if missing:
+    if missing := [k for k in ("reasoning", *keys) if k not in obj]:
         raise InvalidReply(f"missing keys {missing}")
     if not isinstance(obj["reasoning"], str):
         raise InvalidReply("'reasoning' must be a string")
+    return obj
+
+
+def parse_reply(content: str | None) -> Verdict:
+    """Validate a judge reply: all keys present, reasoning a string, scores integers in 0..10."""
+    obj = reply_object(content, CRITERIA)
     scores: dict[str, int] = {}
     for c in CRITERIA:
         v = obj[c]

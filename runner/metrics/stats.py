@@ -115,7 +115,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def min_detectable_difference(d: Sequence[float], alpha: float = 0.05, power: float = POWER) -> float:
     """Smallest mean paired difference detectable with `power`: (t_{1-α/2} + t_power) · sd / √n.
 
-    inf when n is below what the exact test needs to ever reach alpha; NaN without spread to measure.
+    inf when n is below what the exact test needs to ever reach alpha; NaN without a spread to measure.
     """
     d = np.asarray(d, np.float64)
     d = d[~np.isnan(d)]
@@ -123,8 +123,24 @@ def min_detectable_difference(d: Sequence[float], alpha: float = 0.05, power: fl
     if n < max(2, min_prompts_for_significance(alpha)):
         return math.inf
     sd = float(d.std(ddof=1))
+    if sd == 0:
+        return math.nan  # every prompt moved alike: no spread to estimate a limit from
     t = sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)
     return float(t * sd / math.sqrt(n))
+
+
+def prompts_needed(sd: float, target: float, alpha: float = 0.05, power: float = POWER) -> float:
+    """Prompts a paired test needs to detect a mean difference `target` with `power`, given the spread `sd` of
+    per-prompt differences: the smallest n with (t_{1-α/2,n-1} + t_{power,n-1}) · sd / √n ≤ target, and at
+    least what the exact sign-flip test needs to reach alpha at all. NaN without a spread to go by."""
+    if not (sd > 0 and target > 0):
+        return math.nan
+    floor = max(2, min_prompts_for_significance(alpha))
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    n = max(floor, math.ceil((z * sd / target) ** 2))  # the normal answer is a lower bound: t quantiles are larger
+    while (sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)) * sd / math.sqrt(n) > target:
+        n += 1
+    return float(n)
 
 
 def paired_prompt_delta(base: Mapping[str, Sequence[float]], build: Mapping[str, Sequence[float]],
@@ -146,5 +162,6 @@ def paired_prompt_delta(base: Mapping[str, Sequence[float]], build: Mapping[str,
             per_prompt.append(float(diff.mean()))
     delta, lo, hi = cluster_mean_ci([[x] for x in per_prompt], n_boot, level, seed)
     alpha = 1.0 - level
-    return {"delta": delta, "lo": lo, "hi": hi, "p": sign_flip_p(per_prompt, seed),
+    sd = float(np.std(per_prompt, ddof=1)) if len(per_prompt) > 1 else math.nan
+    return {"delta": delta, "lo": lo, "hi": hi, "p": sign_flip_p(per_prompt, seed), "sd": sd,
             "mdd": min_detectable_difference(per_prompt, alpha) if per_prompt else math.nan, "n": len(per_prompt)}

@@ -46,9 +46,8 @@ def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[l
     path = Path(fid_cfg.get("text") or DEFAULT_TEXT)
     if not path.is_file():
         raise FileNotFoundError(f"fidelity.text: file not found: {path}")
-    tokenizer = renderer.tokenizer
-    tokenizer.model_max_length = 1 << 62  # the text is chunked below; silence the over-length warning
-    ids = tokenizer.encode(path.read_text(), add_special_tokens=False)
+    renderer.tokenizer.model_max_length = 1 << 62  # the text is chunked below; silence the over-length warning
+    ids = renderer.encode(path.read_text())
     n, chunk_len = int(fid_cfg["tokens"]), int(fid_cfg["chunk_len"])
     if chunk_len < 2:
         raise ValueError(f"fidelity.chunk_len must be >= 2, got {chunk_len}")

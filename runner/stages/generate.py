@@ -77,7 +77,7 @@ class GenerationStage:
             gen.measured_on, gen.parallel_jobs = self.measured_on, ctx.parallel_jobs
             hit = ctx.store.put_json(KIND, payload, dataclasses.asdict(gen))
         answer, thinking = split_thinking(gen.text) if ctx.strip_thinking else (gen.text, "")
-        thinking_tokens = len(ctx.renderer.tokenizer.encode(thinking, add_special_tokens=False)) if thinking else 0
+        thinking_tokens = len(ctx.renderer.encode(thinking)) if thinking else 0
         return PromptResult(prompt_id=prompt.id, category=prompt.category, repeat=repeat, prompt_text=prompt.prompt,
                             reference=prompt.reference, rendered_prompt=rendered.text,
                             prompt_token_ids_sha=rendered.ids_sha, generation_key=hit.key, generation=gen,

@@ -21,6 +21,7 @@ from runner.store import Store
 
 BASELINE_NOT_SELF_GRADED = ("baseline cell: not graded against its own answers (judge.reference=baseline); "
                             "the other cells' scores are graded against this cell's answers")
+BASELINE_NOT_PAIRED = "baseline cell: judge.mode=pairwise compares every other build with this cell's answers"
 JUDGED_AT_END = "not judged yet: judge.where=end judges every cell in the submitting process when the sweep ends"
 WHERE = ("auto", "cell", "end")
 
@@ -62,13 +63,24 @@ def judge_items(results: list[PromptResult], mode: str,
     return items
 
 
+def _pairs(results: list[PromptResult], baseline_answers: dict[tuple[str, int], str]) -> list[tuple[PromptResult, JudgeItem]]:
+    """Pairwise: each answer against the baseline's, in both orders (runner/judges/pairwise.py)."""
+    out = []
+    for r, item in zip(results, judge_items(results, "none", None)):
+        if (theirs := baseline_answers.get(answer_key(r))) is not None:
+            out += [(r, dataclasses.replace(item, pair_answer=theirs, order=order)) for order in (0, 1)]
+    return out
+
+
 def judge_cells(judge: Judge | None, store: Store, cells: list[CellToJudge]) -> None:
     """Replace each cell's verdicts with `judge`'s (none when `judge` is None), all in one batch.
 
-    With `mode == "baseline"` the baseline cell itself is not judged: graded against its own answers it
-    would score as a perfect match and bias every delta against the other builds.
+    The baseline cell itself is never judged against its own answers: with `judge.reference=baseline` it
+    would score as a perfect match and bias every delta against the other builds, and pairwise judging
+    compares the other builds with it.
     """
-    todo: list[tuple[CellToJudge, list[JudgeItem]]] = []
+    todo: list[tuple[CellToJudge, list[tuple[PromptResult, JudgeItem]]]] = []
+    pairwise = judge is not None and getattr(judge, "mode", "absolute") == "pairwise"
     for c in cells:
         rec = c.record
         rec.judge_reference, rec.judge_note, rec.judge_pending = (c.mode if judge else "none"), None, False
@@ -76,22 +88,26 @@ def judge_cells(judge: Judge | None, store: Store, cells: list[CellToJudge]) -> 
             r.judgments = []
         if judge is None or not rec.results:
             continue
-        if c.mode == "baseline" and c.is_baseline:
-            rec.judge_note = BASELINE_NOT_SELF_GRADED
+        if c.is_baseline and (pairwise or c.mode == "baseline"):
+            rec.judge_note = BASELINE_NOT_PAIRED if pairwise else BASELINE_NOT_SELF_GRADED
             continue
-        todo.append((c, judge_items(rec.results, c.mode, c.baseline_answers)))
+        if pairwise and not c.baseline_answers:
+            rec.judge_note = "pairwise judging needs the baseline cell's answers, and there are none"
+            continue
+        pairs = _pairs(rec.results, c.baseline_answers) if pairwise else list(
+            zip(rec.results, judge_items(rec.results, c.mode, c.baseline_answers)))
+        todo.append((c, pairs))
     if judge is None or not todo:
         return
-    items = [i for _, cell_items in todo for i in cell_items]
-    verdicts = judge.judge_all([dataclasses.replace(i, repeat=k) for k in range(judge.repeats) for i in items], store)
-    start = 0
-    for c, cell_items in todo:
-        for n, (r, item) in enumerate(zip(c.record.results, cell_items)):
-            mine = verdicts[start + n::len(items)]
-            for j in mine:
-                j.answer_truncated = item.truncated
-            r.judgments = mine
-        start += len(cell_items)
+    pairs = [pair for _, cell_pairs in todo for pair in cell_pairs]
+    verdicts = judge.judge_all([dataclasses.replace(i, repeat=k) for k in range(judge.repeats) for _, i in pairs],
+                               store)
+    for n, (r, item) in enumerate(pairs):  # a pairwise answer gets its first order's repeats, then its second's
+        mine = verdicts[n::len(pairs)]
+        for j in mine:
+            j.answer_truncated = item.truncated
+        r.judgments += mine
+    for c, _ in todo:
         c.record.judge_note = failure_note([j for r in c.record.results for j in r.judgments])
 
 

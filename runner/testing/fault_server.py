@@ -91,7 +91,10 @@ class State:
             self.seen.clear()
 
 
-def _verdict(rng: random.Random, low: int = 1, high: int = 10) -> dict[str, Any]:
+def _verdict(rng: random.Random, pairwise: bool, low: int = 1, high: int = 10) -> dict[str, Any]:
+    """A valid verdict: scores 1..10 for the absolute rubric, or a winner for a pairwise request."""
+    if pairwise:
+        return {"reasoning": "Canned pairwise verdict from the fault server.", "winner": rng.choice(["A", "B", "tie"])}
     return {"reasoning": "Canned verdict from the fault server.", **{c: rng.randint(low, high) for c in CRITERIA}}
 
 
@@ -159,7 +162,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": "body is not JSON"}})
             return
         time.sleep(plan.latency_s)
-        verdict = json.dumps(_verdict(rng))
+        pairwise = b"<answer_a>" in body
+        verdict = json.dumps(_verdict(rng, pairwise))
         if outcome == "429":
             self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
                        {"Retry-After": plan.retry_after})
@@ -171,7 +175,8 @@ class Handler(BaseHTTPRequestHandler):
         elif outcome == "malformed":
             self._send(200, _completion(model, verdict[: len(verdict) // 2], "stop", len(body)))
         elif outcome == "out_of_range":
-            bad = {**_verdict(rng), rng.choice(CRITERIA): rng.choice([-1, 11, 42])}
+            bad = ({**_verdict(rng, True), "winner": "C"} if pairwise
+                   else {**_verdict(rng, False), rng.choice(CRITERIA): rng.choice([-1, 11, 42])})
             self._send(200, _completion(model, json.dumps(bad), "stop", len(body)))
         elif outcome == "length":
             self._send(200, _completion(model, verdict[: len(verdict) // 3], "length", len(body)))

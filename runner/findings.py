@@ -1,5 +1,6 @@
-"""Sweep-level checks that the comparison is fair: one generation contract and identical prompt token ids
-per model, and speed measured with no other cell running on the same machine. The report formats them."""
+"""What the report needs beyond the matrix, computed from the records once: the fairness checks (one
+generation contract and identical prompt token ids per model, speed measured with no other cell running
+on the same machine), the judge's noise floor, and every answer's check outcome. The report formats them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class SweepFindings:
     contract_problems: dict[str, list[str]] = field(default_factory=dict)  # model → what differs between cells
     parallel_jobs: list[int | None] = field(default_factory=list)  # cells measured while another cell ran beside
     judge_noise: JudgeNoise | None = None
+    checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # prompt id × job: "✓" or "✗ reason" (repeat 0)
 
 
 def contract_fields(c: GenerationContract) -> dict[str, str]:
@@ -68,11 +70,21 @@ def parallel_cells(records: list[CellRecord]) -> list[CellRecord]:
     return out
 
 
+def check_table(records: list[CellRecord]) -> pd.DataFrame:
+    """Each checkable prompt's outcome per cell (its first repeat), with the reason of every failure."""
+    rows: dict[str, dict] = defaultdict(dict)
+    for rec in records:
+        for r in rec.results:
+            if r.check is not None and r.repeat == 0:
+                rows[r.prompt_id][rec.cell.job_num] = "✓" if r.check.passed else f"✗ {r.check.detail}"
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def find(records: list[CellRecord]) -> SweepFindings:
     ok = [r for r in records if r.status == "ok"]
     contracts = pd.DataFrame.from_dict({r.cell.job_num: {"model": r.cell.model, **contract_fields(r.contract)}
                                         for r in ok if r.contract is not None}, orient="index")
-    return SweepFindings(contracts=contracts,
+    return SweepFindings(contracts=contracts, checks=check_table(ok),
                          contract_problems=contract_problems(ok, contracts) if not contracts.empty else {},
                          parallel_jobs=[r.cell.job_num for r in parallel_cells(records)],
                          judge_noise=judge_noise(ok))

