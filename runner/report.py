@@ -590,7 +590,7 @@ def pareto_png(ok: pd.DataFrame, judged: bool) -> bytes | None:
 # ------------------------------------------------------------------ rendering
 
 
-def _markdown(sections: list[Section], title: str) -> str:
+def render_markdown(sections: list[Section], title: str) -> str:
     out = [f"# {title}", ""]
     for s in sections:
         out += [f"## {s.title}", ""]
@@ -628,6 +628,12 @@ img { max-width: 100%; }
 """)
 
 
+def render_html(sections: list[Section], title: str, png: bytes | None = None) -> str:
+    """One self-contained page: everything escaped, the plot (if any) embedded."""
+    return HTML.render(title=title, sections=sections, inline=_inline,
+                       png=base64.b64encode(png).decode() if png else None)
+
+
 def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, baseline: str | None = None,
                  max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1) -> None:
     """Write report.md, report.html and pareto.png into `out_dir`.
@@ -645,6 +651,5 @@ def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, ba
     else:
         (out_dir / "pareto.png").write_bytes(png)
     title = f"Sweep report: {out_dir.resolve().name}"
-    (out_dir / "report.md").write_text(_markdown(sections, title))
-    (out_dir / "report.html").write_text(HTML.render(
-        title=title, sections=sections, inline=_inline, png=base64.b64encode(png).decode() if png else None))
+    (out_dir / "report.md").write_text(render_markdown(sections, title))
+    (out_dir / "report.html").write_text(render_html(sections, title, png))
