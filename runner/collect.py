@@ -15,17 +15,22 @@ import pandas as pd
 from runner import findings, progress
 from runner.headline import print_summary
 from runner.matrix import sweep_matrix, write_matrix
-from runner.report import MAX_KLD, MIN_TOP1, write_report
+from runner.report import MAX_KLD, MIN_TOP1, labels_by_job, write_report
+from runner.samples import sample_rows, write_samples
 from runner.sweep import SweepError, load_sweep
 
 
 def collect(sweep_dir: Path, **report_options: Any) -> pd.DataFrame:
-    """Write matrix.csv, matrix.md and the report into `sweep_dir`; `report_options`: recommendation thresholds."""
+    """Write matrix.csv, matrix.md, samples.csv, samples.jsonl and the report into `sweep_dir`;
+    `report_options`: recommendation thresholds."""
     sweep = load_sweep(sweep_dir)
     df = sweep_matrix(sweep)
     write_matrix(df, sweep.dir)
     if not df.empty:
-        write_report(df, findings.find(sweep.records), sweep.dir, baseline=sweep.baseline(), **report_options)
+        samples = sample_rows(sweep.records, labels_by_job(df), sweep.baseline())
+        write_samples(samples, sweep.dir)
+        write_report(df, findings.find(sweep.records), sweep.dir, baseline=sweep.baseline(), samples=samples,
+                     **report_options)
     return df
 
 

@@ -100,7 +100,7 @@ def speed_tag(rec: CellRecord) -> str | None:
     return measured_on(rec.host, rec.runtime.device) if rec.host and rec.runtime else None
 
 
-def _by_prompt(results: list[PromptResult], get: Getter, metric: str, tag: str | None) -> dict[str, list[float]]:
+def by_prompt(results: list[PromptResult], get: Getter, metric: str, tag: str | None) -> dict[str, list[float]]:
     """Per prompt, the metric's value for each repeat (ordered by repeat); speed measured elsewhere is NaN."""
     out: dict[str, list[float]] = defaultdict(list)
     for r in sorted(results, key=lambda r: (r.prompt_id, r.repeat)):
@@ -113,7 +113,7 @@ def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
     cols: dict[str, Any] = {"n_prompts": len({r.prompt_id for r in rec.results})}
     tag = speed_tag(rec)
     for name, get in MEANS.items():
-        groups = list(_by_prompt(rec.results, get, name, tag).values())
+        groups = list(by_prompt(rec.results, get, name, tag).values())
         _, cols[f"{name}_lo"], cols[f"{name}_hi"] = cluster_mean_ci(groups, n_boot, level)
     for name, get in RATIOS.items():
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -145,7 +145,7 @@ def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
 def _pairwise_net(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
     """Net preference over the baseline (win − loss, % of answers, per prompt): already a paired comparison,
     tested like a delta (d_pairwise_net*: sign-flip p, Holm within its family, detection limit)."""
-    per_prompt = _by_prompt(rec.results, _pairwise("net"), "pairwise_net", None)
+    per_prompt = by_prompt(rec.results, _pairwise("net"), "pairwise_net", None)
     values = {pid: v for pid, v in per_prompt.items() if not all(math.isnan(x) for x in v)}
     if not values:
         return {}
@@ -165,8 +165,8 @@ def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float)
         if name in SPEED and not same_hardware:  # speed measured on other hardware: no comparison
             cols.update({f"d_{name}{s}": math.nan for s in ("", "_lo", "_hi", "_p", "_mdd")} | {f"d_{name}_n": 0})
             continue
-        d = paired_prompt_delta(_by_prompt(theirs, get, name, speed_tag(base)),
-                                _by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
+        d = paired_prompt_delta(by_prompt(theirs, get, name, speed_tag(base)),
+                                by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
         cols.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"],
                      f"d_{name}_p": d["p"], f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
         if name in TARGETS:
@@ -178,7 +178,7 @@ def _fingerprint(rec: CellRecord) -> str | None:
     return rec.host.fingerprint if rec.host else None
 
 
-def _significance(rows: list[dict[str, Any]], alpha: float) -> None:
+def significance(rows: list[dict[str, Any]], alpha: float) -> None:
     """d_m_sig: Holm-adjusted p ≤ alpha within each family, never below the smallest n that could reach it."""
     min_n = min_prompts_for_significance(alpha)
     for metrics in FAMILIES.values():
@@ -201,7 +201,7 @@ def stat_columns(records: list[CellRecord], baseline: str | None, n_boot: int = 
         if base is not None and base is not rec:
             cols.update(_delta_columns(rec, base, n_boot, level))
         rows.append(cols)
-    _significance(rows, 1.0 - level)
+    significance(rows, 1.0 - level)
     return rows
 
 

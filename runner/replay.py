@@ -1,8 +1,9 @@
-"""Replay saved sweeps: re-run them, or re-judge their generations.
+"""Replay saved sweeps: re-run them, re-judge their generations, or compare two of them.
 
 python -m runner.replay reproduce SWEEP_DIR [--fresh | --from-cache] [--out DIR]   re-run every cell, compare
 python -m runner.replay rejudge SWEEP_DIR judge=NAME [judge.KEY=VALUE ...] [--out DIR]
 python -m runner.replay resume SWEEP_DIR      resubmit the missing and failed jobs with the sweep's own launcher
+python -m runner.replay compare A B [--out DIR]   two sweeps of one model, build by build: B − A (default out: B)
 
 The matrix and report of a sweep come from `python -m runner.collect SWEEP_DIR`.
 """
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="default: SWEEP_DIR/rejudge-<judge name>")
     p = sub.add_parser("resume", help="resubmit the jobs that are missing or failed, with the sweep's own launcher")
     p.add_argument("sweep_dir", type=Path)
+    p = sub.add_parser("compare", help="compare two saved sweeps of one model build by build (B − A)")
+    p.add_argument("a", type=Path, metavar="A")
+    p.add_argument("b", type=Path, metavar="B")
+    p.add_argument("--out", type=Path, help="where compare.csv/.md/.html go (default: B)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "resume":
             return _resume(load_sweep(args.sweep_dir))
+        if args.command == "compare":
+            from runner.compare import run
+
+            return run(load_sweep(args.a), load_sweep(args.b), args.out)
         from runner.reproduce import reproduce
 
         sweep = load_sweep(args.sweep_dir)

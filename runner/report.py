@@ -22,6 +22,7 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
+from runner import answer_view
 from runner.identity import build_id, parse_build_id, precision_label
 from runner.judges.rubric import CRITERIA
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, POWER, min_prompts_for_significance
@@ -107,6 +108,11 @@ def labels(df: pd.DataFrame) -> pd.Series:
     return base.where(~dup, base + " #" + df["job"].astype("Int64").astype(str))
 
 
+def labels_by_job(df: pd.DataFrame) -> dict[int | None, str]:
+    """Each cell's label (see `labels`) by its job number."""
+    return {None if _nan(j) else int(j): lab for j, lab in zip(df["job"], labels(df))}
+
+
 class Report:
     """Builds the sections from the matrix (`df`, one row per cell) and the sweep's findings."""
 
@@ -121,7 +127,7 @@ class Report:
         self.paired = "win_rate" in self.ok and self.ok["win_rate"].notna().any()
         self.graded_by_baseline = "judge_reference" in self.ok and (self.ok["judge_reference"] == "baseline").any()
         self.has_fidelity = "kld_mean" in self.ok and self.ok["kld_mean"].notna().any()
-        self.label_by_job = {None if _nan(j) else int(j): lab for j, lab in zip(self.df["job"], self.df["label"])}
+        self.label_by_job = labels_by_job(df)
         self.findings = findings or SweepFindings(contracts=pd.DataFrame())
 
     def is_base(self, row: pd.Series) -> bool:
@@ -279,7 +285,10 @@ class Report:
             n = self.ok[f"d_{metric}_n"].max() if f"d_{metric}_n" in self.ok else math.nan
             if not used or _nan(n):
                 continue
-            if n < min_n:
+            if metric == "check_pass" and self._baseline_passes_nothing():
+                notes.append("**The baseline passes no check**: a build cannot do worse, so the checks did not "
+                             "rule out any build (a floor, not evidence of equal quality).")
+            elif n < min_n:
                 notes.append(f"The {name} can tell no build from the baseline here: {int(n)} prompts, and no "
                              f"difference can be significant below {min_n}. It did not rule out any build.")
             else:
@@ -290,6 +299,10 @@ class Report:
                                  f"{fmt(mdd.min())} to {fmt(mdd.max())} here ({int(n)} prompts); smaller losses "
                                  "would pass unseen.")
         return notes
+
+    def _baseline_passes_nothing(self) -> bool:
+        base = self.ok[[self.is_base(r) for _, r in self.ok.iterrows()]]
+        return not base.empty and bool((base["check_pass"] == 0).all())
 
     def _reference_meaning(self) -> str:
         modes = sorted(set(self.ok["judge_reference"].dropna())) if "judge_reference" in self.ok else []
@@ -618,25 +631,33 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
 img { max-width: 100%; }
+{{ style }}
 </style></head><body>
 <h1>{{ title }}</h1>
+{% if answers %}<p><a href="#answers">Answers, side by side</a></p>{% endif %}
 {% for s in sections %}<h2>{{ s.title }}</h2>
 {% for p in s.text %}<p>{{ inline(p) }}</p>
-{% endfor %}{% if s.table is not none %}{{ s.table.to_html(index=False, border=0) | safe }}
+{% endfor %}{% if s.table is not none %}{{ s.table.to_html(index=False, border=0, classes="sortable") | safe }}
 {% endif %}{% if s.image and png %}<img alt="{{ s.title }}" src="data:image/png;base64,{{ png }}">
-{% endif %}{% endfor %}</body></html>
+{% endif %}{% endfor %}{{ answers }}
+<script>{{ script }}</script>
+</body></html>
 """)
 
 
-def render_html(sections: list[Section], title: str, png: bytes | None = None) -> str:
-    """One self-contained page: everything escaped, the plot (if any) embedded."""
-    return HTML.render(title=title, sections=sections, inline=_inline,
-                       png=base64.b64encode(png).decode() if png else None)
+def render_html(sections: list[Section], title: str, png: bytes | None = None,
+                answers: markupsafe.Markup = markupsafe.Markup("")) -> str:
+    """One self-contained page (inline CSS and JS, the plot embedded, every table sortable), everything
+    escaped; `answers`: the answer view (runner/answer_view.py), already escaped."""
+    return HTML.render(title=title, sections=sections, inline=_inline, png=base64.b64encode(png).decode() if png else None,
+                       answers=answers, style=markupsafe.Markup(answer_view.STYLE),
+                       script=markupsafe.Markup(answer_view.SCRIPT))
 
 
 def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, baseline: str | None = None,
-                 max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1) -> None:
-    """Write report.md, report.html and pareto.png into `out_dir`.
+                 max_kld: float = MAX_KLD, min_top1: float = MIN_TOP1, samples: pd.DataFrame | None = None) -> None:
+    """Write report.md, report.html and pareto.png into `out_dir`; report.html ends with the answer view
+    of `samples` (runner/samples.py).
 
     The recommendation is the smallest ok build with KLD ≤ `max_kld` (default 0.05 nats/token), top-1
     agreement ≥ `min_top1` % (default 90) and, when judged, a judge overall not distinguishably worse
@@ -651,5 +672,10 @@ def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, ba
     else:
         (out_dir / "pareto.png").write_bytes(png)
     title = f"Sweep report: {out_dir.resolve().name}"
+    has_answers = samples is not None and not samples.empty
+    if has_answers:
+        sections.append(Section("Answers", [f"{len(samples)} answers side by side with the baseline's, with filters: "
+                                            "the end of `report.html`; one row each in `samples.csv`."]))
     (out_dir / "report.md").write_text(render_markdown(sections, title))
-    (out_dir / "report.html").write_text(render_html(sections, title, png))
+    answers = answer_view.answer_view(samples) if has_answers else markupsafe.Markup("")
+    (out_dir / "report.html").write_text(render_html(sections[:-1] if has_answers else sections, title, png, answers))

@@ -12,6 +12,7 @@ import pytest
 
 from runner import findings
 from runner.matrix import build_matrix
+from runner.records import CheckOutcome
 from runner.report import write_report
 from test_summary import answer, cell_record  # the synthetic record builder (tests/ is on sys.path)
 
@@ -170,3 +171,16 @@ def test_speed_is_grouped_by_host_and_not_compared_across_hardware(tmp_path):
     speed = md.split("## Speed")[1].split("## Size")[0]
     hosts = [h for row in speed.splitlines() for h in ("Other CPU", "Some CPU") if h in row]
     assert hosts == sorted(hosts) and len(hosts) == 4  # rows grouped by host
+
+
+def test_a_baseline_that_passes_no_check_is_a_floor_not_evidence(tmp_path):
+    records = sweep_records(judged=False)
+    for rec in records:
+        for i, r in enumerate(rec.results):  # the baseline fails every check, the others pass some
+            r.check = CheckOutcome(passed=rec.cell.precision != "fp16" and i % 2 == 0, detail="x")
+    md = report(tmp_path, records)
+    assert "The baseline passes no check" in md
+    for rec in records:
+        for r in rec.results:
+            r.check = CheckOutcome(passed=r.prompt_id != "p1", detail="x")
+    assert "The baseline passes no check" not in report(tmp_path, records)
