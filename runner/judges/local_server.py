@@ -74,10 +74,10 @@ def returncode_text(code: int) -> str:
 
 def gguf_has_chat_template(path: str | Path) -> bool:
     """Whether the GGUF's metadata holds `tokenizer.chat_template`; ValueError for a file that is not a GGUF."""
-    from gguf import GGUFReader  # the converter's bundled gguf package
+    from runner.backends.gguf_source import read_gguf_info
 
     try:
-        return "tokenizer.chat_template" in GGUFReader(str(path)).fields
+        return read_gguf_info(Path(path)).chat_template is not None
     except (ValueError, OSError) as e:
         raise ValueError(f"{path}: cannot read GGUF metadata ({e})") from None
 
