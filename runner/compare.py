@@ -343,6 +343,9 @@ def compare(a: Sweep, b: Sweep, n_boot: int = N_BOOT, level: float = LEVEL) -> C
     if any(p.row.get("paired") == 0 for p in pairs):
         notes.append("⚠️ **NO ANSWERS PAIRED** for some builds: the two sweeps share no prompt (same id, repeat and "
                      "prompt text), so no per-answer delta and no answer agreement could be computed.")
+    if any(j.winner is not None for sweep in (a, b) for r in sweep.records for pr in r.results for j in pr.judgments):
+        notes.append("Pairwise verdicts (judge.mode=pairwise) are not compared: each sweep's are against its own "
+                     "baseline's answers, so B − A of two win rates has no common reference. Read each sweep's report.")
     models = sorted({r.cell.model for r in a.records})
     return Comparison(a.dir, b.dir, ", ".join(models), pairs, only_a, only_b, notes)
 

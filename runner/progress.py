@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -41,11 +41,26 @@ WRITE_EVERY_S = 0.2
 
 
 def console() -> Console:
-    """stdout; a log file or pipe gets 160 columns instead of rich's 80, so tables do not wrap."""
-    out = Console(file=sys.stdout, highlight=False)
+    """stdout through a copy of its file descriptor; a log file or pipe gets 160 columns instead of rich's 80,
+    so tables do not wrap.
+
+    llama-cpp-python silences a model load by pointing fd 1 and 2 at /dev/null (and swapping sys.stdout),
+    process-wide: with the basic launcher a cell loads models while the monitor thread of the same process
+    prints finished cells, and a line printed in that window would be lost. The copy keeps writing to the
+    terminal or pipe.
+    """
+    out = Console(file=_stdout_copy(), highlight=False)
     if not out.is_terminal:
         out.width = 160
     return out
+
+
+def _stdout_copy() -> TextIO:
+    try:
+        fd = os.dup(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # captured (no descriptor) or closed: use it as it is
+        return sys.stdout
+    return os.fdopen(fd, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8", errors="replace")
 
 
 def display_mode(quiet: bool, out: Console, scheduler: bool = False) -> str:
@@ -199,11 +214,9 @@ class SweepMonitor:
             if self.mode == "states" and (states := self.states_line(len(started))) != self._last_states:
                 lines.append(f"{states} · {_clock(time.monotonic() - self.started)} elapsed")
                 self._last_states = states
-        for line in lines:
-            if self._live is not None:
-                self._live.console.print(line)
-            elif self.mode in ("plain", "states"):
-                print(line, flush=True)
+        if self.mode != "off":
+            for line in lines:  # above the live display, if one runs; reasons are printed as they are
+                self.out.print(line, markup=False, soft_wrap=True)
 
     def states_line(self, started: int) -> str:
         """Where the scheduler's jobs are: a job dir appears when its job starts running."""

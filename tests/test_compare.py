@@ -275,3 +275,16 @@ def test_too_few_prompts_can_show_no_significance():
     assert row["d_overall"] == 3 and row["d_overall_n"] == 3 and row["d_overall_sig"] is False
     text = " ".join(t for s in sections(cmp) for t in s.text)
     assert "With fewer than 6 prompts no Δ can be significant" in text and "at most 3 prompts" in text
+
+
+def test_pairwise_verdicts_are_said_not_compared(sweep_a, tmp_path):
+    """Each sweep's pairwise verdicts are against its own baseline: compare names them and leaves them out."""
+    copy = shutil.copytree(sweep_a, tmp_path / "a2")
+    data = json.loads((copy / "1" / "result.json").read_text())
+    data["results"][0]["judgments"][0]["winner"] = "build"
+    (copy / "1" / "result.json").write_text(json.dumps(data))
+    assert main(["compare", str(sweep_a), str(copy), "--out", str(tmp_path / "out")]) == 0
+    assert "Pairwise verdicts (judge.mode=pairwise) are not compared" in (tmp_path / "out" / "compare.md").read_text()
+    assert not any("pairwise" in c for c in pd.read_csv(tmp_path / "out" / "compare.csv").columns)
+    assert main(["compare", str(sweep_a), str(sweep_a), "--out", str(tmp_path / "same")]) == 0
+    assert "Pairwise verdicts" not in (tmp_path / "same" / "compare.md").read_text()

@@ -4,10 +4,12 @@ and the answer at the end — the same from `python -m runner.collect`."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_runner, sweep_dirs
+from conftest import REPO, run_runner, sweep_dirs
 
 ARGS = ["-m", "format=mlx,gguf", "precision=fp16,q4_k_m", "generation.max_tokens=16", "fidelity.chunk_len=64",
         "fidelity.tokens=256"]
@@ -91,3 +93,19 @@ def test_quiet_shows_only_the_answer_and_failures_are_listed(tmp_path):
     summary = summary_of(lines)
     assert summary[0] == "Matrix (1 failed)"
     assert any(line.startswith("failed gguf × q4_0: FileNotFoundError: fidelity.text: file not found") for line in summary)
+
+
+def test_lines_survive_an_engine_silencing_stdout_while_it_loads():
+    """llama-cpp-python points fd 1 at /dev/null while it loads a model; the monitor thread of the same process
+    (basic launcher) prints finished cells meanwhile, and those lines must still arrive."""
+    script = "\n".join([
+        "from llama_cpp._utils import suppress_stdout_stderr",
+        "from runner import progress",
+        "out = progress.console()",
+        "with suppress_stdout_stderr(disable=False):",
+        "    out.print('[2/4] skipped mlx × q4_k_m: [reason]', markup=False)",
+        "print('after', flush=True)",
+    ])
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[2/4] skipped mlx × q4_k_m: [reason]", "after"]
