@@ -26,11 +26,12 @@ LOCK_KINDS = ("file", "soft")
 POLL_S = 0.5
 
 
-def _holder(path: Path) -> tuple[int, str] | None:
-    """(pid, host) written in a soft lock file, or None (no file, or not readable yet)."""
+def _holder(path: Path) -> tuple[int, str, float] | None:
+    """(pid, host, last refresh) of a soft lock file, or None (no file, or not readable yet)."""
     try:
+        refreshed = path.stat().st_mtime  # the holder's heartbeat touches the file
         fields = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-        return int(fields["pid"]), fields["host"]
+        return int(fields["pid"]), fields["host"], refreshed
     except (OSError, KeyError, ValueError):
         return None
 
@@ -54,7 +55,7 @@ def store_lock(path: str | Path, kind: str = "file", lease_s: float = 60.0) -> I
         raise ValueError(f"store_lock={kind!r}: expected one of {', '.join(LOCK_KINDS)}")
     path = Path(path)
     lock = FileLock(str(path)) if kind == "file" else SoftFileLease(str(path), lease_duration=lease_s)
-    waited_on, t0 = _holder(path) if kind == "soft" else None, time.monotonic()
+    waited_on = _holder(path) if kind == "soft" else None
     while True:
         try:
             lock.acquire(timeout=POLL_S)
@@ -62,10 +63,10 @@ def store_lock(path: str | Path, kind: str = "file", lease_s: float = 60.0) -> I
         except Timeout:
             waited_on = _holder(path) if kind == "soft" else None
     if waited_on is not None:
-        pid, host = waited_on
+        pid, host, refreshed = waited_on
         if _gone(pid, host):
             log.warning("took over the store lock %s left by pid %d on %s, which is no longer running", path, pid, host)
-        elif time.monotonic() - t0 >= lease_s:
+        elif time.time() - refreshed >= lease_s:  # not the time waited: a live holder refreshes, then releases
             log.warning("took over the store lock %s held by pid %d on %s, which stopped refreshing it for %.0f s",
                         path, pid, host, lease_s)
     try:

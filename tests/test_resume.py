@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -99,37 +101,53 @@ def test_cached_speed_from_another_host_is_stale_not_reused(tmp_path):
     assert "⚠️ **STALE SPEED**: gguf fp16" in (run / "report.md").read_text()
 
 
-def _hold_build(root: str, lock: str, started: str) -> None:
+def _hold_build(root: str, lock: str, started: str, seconds: float = 600) -> None:
     def build(tmp: Path) -> dict:
         Path(started).write_text("building")
-        time.sleep(600)
+        time.sleep(seconds)
         return {}
 
     Store(root, lock=lock, lease_s=2.0).get_or_build("thing", {"k": 1}, build)
 
 
-def _takeover(tmp_path: Path, lock: str, stop) -> tuple[float, str]:
-    """A builder holds the store lock for key k and is killed (or stopped); another builder must get it."""
-    import logging
-
+def _builder(tmp_path: Path, lock: str, seconds: float = 600):
+    """A process building key k of the store under its lock (for `seconds`), once it has started building."""
     started = tmp_path / "started"
-    proc = mp.get_context("spawn").Process(target=_hold_build, args=(str(tmp_path / "store"), lock, str(started)))
+    proc = mp.get_context("spawn").Process(target=_hold_build,
+                                           args=(str(tmp_path / "store"), lock, str(started), seconds))
     proc.start()
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
         time.sleep(0.05)
-    stop(proc)
+    return proc
+
+
+@contextmanager
+def _lock_log() -> Iterator[list[str]]:
+    """The messages runner.locks logs inside the block."""
+    import logging
+
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
     logging.getLogger("runner.locks").addHandler(handler)
     try:
-        t0 = time.time()
-        entry = Store(tmp_path / "store", lock=lock, lease_s=2.0).get_or_build(
-            "thing", {"k": 1}, lambda tmp: (tmp / "data").write_text("x") and {})
-        took = time.time() - t0
+        yield records
     finally:
         logging.getLogger("runner.locks").removeHandler(handler)
+
+
+def _takeover(tmp_path: Path, lock: str, stop) -> tuple[float, str]:
+    """A builder holds the store lock for key k and is killed (or stopped); another builder must get it."""
+    proc = _builder(tmp_path, lock)
+    stop(proc)
+    try:
+        with _lock_log() as records:
+            t0 = time.time()
+            entry = Store(tmp_path / "store", lock=lock, lease_s=2.0).get_or_build(
+                "thing", {"k": 1}, lambda tmp: (tmp / "data").write_text("x") and {})
+            took = time.time() - t0
+    finally:
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGKILL)
         proc.join()
@@ -155,3 +173,15 @@ def test_soft_lock_of_a_stalled_builder_is_taken_over_after_the_lease(tmp_path):
 def test_file_lock_of_a_killed_builder_is_released_by_the_kernel(tmp_path):
     took, _ = _takeover(tmp_path, "file", _kill)
     assert took < 5
+
+
+def test_a_live_builder_longer_than_the_lease_is_waited_for_not_taken_over(tmp_path):
+    """It refreshes its soft lock while it builds (4 s against a 2 s lease) and releases it: the waiter gets the
+    finished build and logs no takeover."""
+    proc = _builder(tmp_path, "soft", seconds=4)
+    try:
+        with _lock_log() as records:
+            entry = Store(tmp_path / "store", lock="soft", lease_s=2.0).get_or_build("thing", {"k": 1}, lambda tmp: {})
+    finally:
+        proc.join()
+    assert entry.cache_hit and records == []
