@@ -162,7 +162,7 @@ def settings(job: Job, rec: CellRecord | None) -> dict[str, str]:
         if rec.runtime:
             out.update({"runtime.device": rec.runtime.device, "runtime.compute_dtype": rec.runtime.compute_dtype})
         if rec.host:
-            out["host"] = f"{rec.host.cpu} × {rec.host.cores}" + (f" + {rec.host.gpu}" if rec.host.gpu else "")
+            out["host"] = rec.host.hardware
     return {k: "<redacted>" if secret_in(f"{k}={v}") else v for k, v in out.items()}
 
 
@@ -308,8 +308,7 @@ def pair_row(build: str, ca: Cell, cb: Cell, n_boot: int = N_BOOT, level: float 
 def _where(rec: CellRecord) -> str:
     if rec.host is None or rec.runtime is None:
         return "unknown hardware (a record without host tags)"
-    h = rec.host
-    return f"{h.cpu} × {h.cores}{' + ' + h.gpu if h.gpu else ''}, {rec.runtime.device} ({speed_tag(rec)})"
+    return f"{rec.host.hardware}, {rec.runtime.device} ({speed_tag(rec)})"
 
 
 def _show(value: str | None, width: int = 60) -> str:

@@ -39,7 +39,7 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
     })
     rt, host = rec.runtime, rec.host
     row.update({"device": rt.device if rt else None, "compute_dtype": rt.compute_dtype if rt else None,
-                "host": f"{host.cpu} ×{host.cores}" + (f" + {host.gpu}" if host.gpu else "") if host else None,
+                "host": host.hardware if host else None,
                 "host_fingerprint": host.fingerprint if host else None, "node": host.node if host else None,
                 "slurm_job": host.scheduler_job if host else None,
                 "parallel_jobs": rt.parallel_jobs if rt else None})

@@ -177,6 +177,11 @@ class HostInfo:
     array_index: int | None = None
     node: str | None = None
 
+    @property
+    def hardware(self) -> str:
+        """'CPU model × cores (+ GPU)', as the report and compare name it."""
+        return f"{self.cpu} × {self.cores}" + (f" + {self.gpu}" if self.gpu else "")
+
 
 @dataclass
 class RuntimeInfo:

@@ -4,7 +4,6 @@ samples.jsonl, and read by the report's answer view. Built from the records alon
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pandas as pd
 from runner.identity import answer_key, build_id, find_baseline
 from runner.judges.aggregate import pairwise_outcomes
 from runner.judges.rubric import CRITERIA
+from runner.matrix_stats import MEANS
 from runner.metrics.fidelity import answer_agreement
 from runner.records import CellRecord, PromptResult
 
@@ -30,7 +30,7 @@ COLUMNS = [
 def _judge(r: PromptResult) -> dict[str, Any]:
     absolute = [j for j in r.judgments if j.order is None]
     valid = [j for j in absolute if j.scores is not None]
-    out: dict[str, Any] = {c: (sum(j.scores[c] for j in valid) / len(valid) if valid else math.nan) for c in CRITERIA}
+    out: dict[str, Any] = {c: MEANS[c](r) for c in CRITERIA}  # the mean over judge repeats, as in the matrix
     out["judged"] = f"{len(valid)}/{len(absolute)}" if absolute else None
     out["judge_reasoning"] = _joined([j.reasoning for j in valid])
     out["judge_error"] = _joined([j.error for j in r.judgments if j.error])

@@ -87,10 +87,6 @@ class LlamaSettings:
         return {"n_threads": self.n_threads, "n_threads_batch": self.n_threads_batch, "n_gpu_layers": self.n_gpu_layers}
 
 
-def gguf_tensor_bytes(path: Path) -> int:
-    return int(read_gguf_info(path).tensor_bytes or 0)
-
-
 def check_gguf(path: Path, expected_bytes: int) -> None:
     """One clear error for a missing, foreign or truncated GGUF artifact (cheap: magic and size)."""
     try:
@@ -108,7 +104,7 @@ def check_gguf(path: Path, expected_bytes: int) -> None:
 
 def _sizes(path: Path) -> dict[str, int]:
     """Manifest fields of a freshly built GGUF (parsing it also validates it)."""
-    return {"file_bytes": path.stat().st_size, "tensor_bytes": gguf_tensor_bytes(path)}
+    return {"file_bytes": path.stat().st_size, "tensor_bytes": int(read_gguf_info(path).tensor_bytes or 0)}
 
 
 @contextlib.contextmanager
