@@ -11,17 +11,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
-from runner.sweep import Sweep, SweepError, job_overrides
+from runner.sweep import Sweep, SweepError, job_overrides, saved_hydra
 
 DONE = ("ok", "skipped")
 
 
 def jobs_to_resume(sweep: Sweep) -> list[tuple[int, list[str]]]:
     """(job number, task overrides) of every job without an ok or skipped record."""
-    hydra = (yaml.safe_load((sweep.dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
-    jobs = job_overrides(hydra)
+    jobs = job_overrides(saved_hydra(sweep.dir))
     if jobs is None:
         raise SweepError(f"{sweep.dir}: resume needs the basic sweeper's job list (multirun.yaml names another)")
     done = {j.num for j in sweep.jobs if j.record is not None and j.record.status in DONE}
@@ -41,8 +38,7 @@ def queued_jobs(sweep: Sweep) -> list[str]:
 
 def launch_overrides(sweep: Sweep) -> list[str]:
     """The sweep's own Hydra overrides (launcher and its settings), with its dir."""
-    hydra = (yaml.safe_load((sweep.dir / "multirun.yaml").read_text()) or {}).get("hydra", {})
-    saved = [str(o) for o in (hydra.get("overrides") or {}).get("hydra") or []]
+    saved = [str(o) for o in (saved_hydra(sweep.dir).get("overrides") or {}).get("hydra") or []]
     return [o for o in saved if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))] + [
         f"hydra.sweep.dir={sweep.dir.resolve()}", "hydra.mode=MULTIRUN"]
 
@@ -62,9 +58,7 @@ def resume(sweep: Sweep) -> int:
     from runner.__main__ import run_job
     from runner.cell import CONF_DIR
 
-    if not sweep.is_multirun:
-        raise SweepError(f"{sweep.dir}: not a sweep dir (no multirun.yaml); give the dir `python -m runner -m ...` "
-                         "wrote")
+    sweep.require_multirun()
     if queued := queued_jobs(sweep):
         raise SweepError(f"{sweep.dir}: jobs of this sweep are still queued or running ({', '.join(queued)}); "
                          "wait for them (squeue) or scancel them, then resume")

@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from runner.identity import parse_override
 from runner.records import CellRecord, read_cell_record
 
 NOT_FINISHED = "no result.json: the job did not finish"
@@ -76,11 +77,14 @@ class Sweep:
                 return str(value)
         return next((r.fidelity.baseline for r in self.records if r.fidelity), None)
 
-    def require_replayable(self) -> None:
-        """Raise one SweepError listing every piece a replay needs but is missing or unreadable."""
+    def require_multirun(self) -> None:
         if not self.is_multirun:
             raise SweepError(f"{self.dir}: not a sweep dir (no multirun.yaml); give the dir `python -m runner -m ...` "
                              "wrote")
+
+    def require_replayable(self) -> None:
+        """Raise one SweepError listing every piece a replay needs but is missing or unreadable."""
+        self.require_multirun()
         problems = []
         nums = {j.num for j in self.jobs}
         if self.expected_jobs is not None and (missing := sorted(set(range(self.expected_jobs)) - nums)):
@@ -97,9 +101,14 @@ class Sweep:
             raise SweepError(f"{self.dir}: cannot replay: " + "; ".join(problems))
 
 
-def expected_jobs(multirun_yaml: Path) -> int | None:
+def saved_hydra(sweep_dir: Path) -> dict[str, Any]:
+    """The `hydra` section of a sweep's multirun.yaml (sweeper, launcher, overrides), unresolved."""
+    return (yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text()) or {}).get("hydra", {})
+
+
+def expected_jobs(sweep_dir: Path) -> int | None:
     """How many jobs the BasicSweeper launched, from the saved sweeper params and command line (None: unknown)."""
-    return job_count((yaml.safe_load(multirun_yaml.read_text()) or {}).get("hydra", {}))
+    return job_count(saved_hydra(sweep_dir))
 
 
 def job_count(hydra: dict[str, Any]) -> int | None:
@@ -124,13 +133,10 @@ def job_overrides(hydra: dict[str, Any]) -> list[list[str]] | None:
 
 def first_swept_value(sweep_dir: Path, key: str) -> str | None:
     """The value of `key` in the first job of the sweep that sets it (from multirun.yaml), or None."""
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
+    if not (Path(sweep_dir) / "multirun.yaml").is_file():
         return None
-    jobs = job_overrides((yaml.safe_load(path.read_text()) or {}).get("hydra", {})) or []
-    for job in jobs:
-        for item in job:
-            k, _, value = item.lstrip("+~").partition("=")
+    for job in job_overrides(saved_hydra(sweep_dir)) or []:
+        for k, value in map(parse_override, job):
             if k == key:
                 return value
     return None
@@ -160,5 +166,5 @@ def load_sweep(path: Path) -> Sweep:
     dirs = sorted((d for d in path.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
     if not dirs and not multirun:
         raise SweepError(f"{path}: not a sweep or run dir (no multirun.yaml, numbered job dirs or result.json)")
-    expected = expected_jobs(path / "multirun.yaml") if multirun else None
+    expected = expected_jobs(path) if multirun else None
     return Sweep(path, [_job(int(d.name), d) for d in dirs], expected)
