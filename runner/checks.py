@@ -8,27 +8,23 @@ A check is a mapping with a `type` (or a list of them: all must pass):
 * `contains_all` `values: [...]`, `ignore_case` (false)
 * `json_schema`  `schema`; the answer, else its first ```json block, else its first JSON value, validated
 * `python_tests` `tests` (Python source of asserts), `timeout_s` (10), `memory_mb` (512); the answer's code
-                 block runs with the tests in a sandboxed subprocess (see `_run_python_tests`)
+                 block runs with the tests in a sandbox (runner/sandbox.py); a pass needs the harness's evidence
+                 (see `_run_python_tests`)
 
 `run_checks` never raises for anything the answer does: a crash, timeout or missing code is a failed
-`CheckResult` whose `detail` says why. A bad spec is a `ValueError` from `validate_check`.
+`CheckResult` whose `detail` says why; `transient` marks failures that say nothing definite about the answer
+(a timeout, a signal, a sandbox failure). A bad spec is a `ValueError` from `validate_check`.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
-import logging
-import math
-import os
-import pwd
+import marshal
 import re
-import resource
 import secrets
 import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +32,14 @@ from typing import Any, NoReturn
 
 import jsonschema
 
-log = logging.getLogger(__name__)
+from runner import sandbox
 
 
 @dataclass(frozen=True)
 class CheckResult:
     passed: bool
     detail: str
+    transient: bool = False  # failed for a reason outside the answer (timeout, signal, sandbox): worth rerunning
 
 
 # ---------------------------------------------------------------- validation
@@ -146,9 +143,11 @@ def _python_tests_problem(spec: dict) -> tuple[str, str] | None:
     if not isinstance(tests, str) or not tests.strip():
         return "tests", "expected Python source (asserts), got nothing"
     try:
-        compile(tests, "tests", "exec")
+        tree = compile(tests, "tests", "exec", ast.PyCF_ONLY_AST)
     except SyntaxError as e:
         return "tests", f"not valid Python ({e.msg}, line {e.lineno})"
+    if not tree.body:
+        return "tests", "no statement (only comments): a pass would prove nothing"
     if "timeout_s" in spec and not (_is_number(spec["timeout_s"]) and spec["timeout_s"] > 0):
         return "timeout_s", f"expected a number > 0, got {spec['timeout_s']!r}"
     if "memory_mb" in spec and not (isinstance(spec["memory_mb"], int) and spec["memory_mb"] >= 64):
@@ -172,7 +171,9 @@ def run_checks(spec: dict | list | None, answer: str) -> CheckResult | None:
     validate_check(spec, "check")
     results = [_RUNNERS[one["type"]](one, answer) for one in (spec if isinstance(spec, list) else [spec])]
     passed = all(r.passed for r in results)
-    return CheckResult(passed, "; ".join(r.detail for r in results if r.passed == passed))
+    definite_fail = any(not r.passed and not r.transient for r in results)
+    return CheckResult(passed, "; ".join(r.detail for r in results if r.passed == passed),
+                       transient=not passed and not definite_fail)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -257,82 +258,14 @@ def _run_json_schema(spec: dict, answer: str) -> CheckResult:
     return CheckResult(True, "JSON matches the schema")
 
 
-# ---------------------------------------------------------------- python_tests sandbox
+# ---------------------------------------------------------------- python_tests
 
 _CODE_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_NPROC_HEADROOM = 16  # processes (threads on Linux) the answer's code may add to its user's count
-_FSIZE_BYTES = 16 * 2**20
-_NOFILE = 64
-
-# Runs in the child before the answer's code. Python-level only: code that reaches the OS another way
-# (ctypes, `_socket`, a C extension) gets past it; the kernel limits below are what holds then.
-_HARNESS = r'''
-import json, os, socket, sys, types
-
-def _refuse(what):
-    def refuse(*args, **kwargs):
-        raise OSError(what + " disabled")
-    return refuse
-
-class _NoNetworkSocket(socket.socket):
-    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
-        if fileno is None:  # wrapping a descriptor that already exists (socketpair, fromfd) opens nothing
-            raise OSError("network disabled")
-        super().__init__(family, type, proto, fileno)
-
-socket.socket = _NoNetworkSocket
-for _name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
-              "gethostbyaddr"):
-    setattr(socket, _name, _refuse("network"))
-import _posixsubprocess  # subprocess and multiprocessing start processes through it
-_posixsubprocess.fork_exec = _refuse("process creation")
-for _name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
-    if hasattr(os, _name):
-        setattr(os, _name, _refuse("process creation"))
-
-
-def _describe(exc, tests):
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    text = text if len(text) <= 300 else text[:300] + "..."
-    line, tb = None, exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "tests.py":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    if line is not None:
-        return f"{text} (tests line {line}: {tests.splitlines()[line - 1].strip()})"
-    return text
-
-
-def _main():
-    with open("token", encoding="utf-8") as f:
-        token = f.read()
-    os.remove("token")
-    with open("solution.py", encoding="utf-8") as f:
-        solution = f.read()
-    with open("tests.py", encoding="utf-8") as f:
-        tests = f.read()
-    verdict_path = os.path.abspath("verdict.json")
-    module = types.ModuleType("solution")  # not __main__: the answer's `if __name__ == "__main__":` demo stays off
-    sys.modules["solution"] = module
-    try:
-        exec(compile(solution, "solution.py", "exec"), module.__dict__)
-    except BaseException as exc:
-        module.__dict__.clear()  # frees what a memory hog kept, so the report can be written
-        verdict = {"passed": False, "detail": _describe(exc, tests) + " (while running the answer's code)"}
-    else:
-        try:
-            exec(compile(tests, "tests.py", "exec"), module.__dict__)
-            verdict = {"passed": True, "detail": "all tests passed"}
-        except BaseException as exc:
-            module.__dict__.clear()
-            verdict = {"passed": False, "detail": _describe(exc, tests)}
-    with open(verdict_path, "w", encoding="utf-8") as f:
-        json.dump({"token": token, **verdict}, f)
-
-
-_main()
-'''
+_HARNESS = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8")
+# The child's program: the harness, run with a private copy of the builtins (see runner/harness.py).
+_BOOT = ("import builtins\n"
+         f"exec(compile({_HARNESS!r}, 'harness', 'exec'),\n"
+         "     {'__builtins__': dict(vars(builtins)), '__name__': 'harness'})")
 
 
 def _code_block(answer: str) -> str | None:
@@ -345,163 +278,80 @@ def _code_block(answer: str) -> str | None:
 
 
 def _run_python_tests(spec: dict, answer: str) -> CheckResult:
-    """Run the answer's code block, then `tests`, in a child Python with:
+    """Run the answer's code block, then `tests`, in the sandbox (runner/sandbox.py: isolation, limits, kill).
 
-    * an empty environment (no host variable, so no secret, reaches it), cwd a fresh temp dir, stdin closed;
-    * rlimits: CPU seconds, address space (`memory_mb`), processes (RLIMIT_NPROC, see `_nproc_limit`),
-      file size, open files, no core dumps;
-    * its own session, killed as a process group after `timeout_s` of wall time (and after it exits, to
-      end anything it left behind);
-    * the verdict read from a file tagged with a per-run token, so an answer that exits early fails;
-    * a Python-level prelude that disables sockets, DNS and process creation (`_HARNESS`);
-    * as root: the user `nobody` (when the interpreter works as nobody), since the kernel never applies
-      RLIMIT_NPROC to root and root can read every file.
+    **A pass needs evidence.** The runner sends the child, on a pipe read and closed before the answer's code
+    runs, a one-time key with the code and the tests. The harness (runner/harness.py) runs the answer's code,
+    then each top-level statement of the tests, and only if all of them complete writes a line starting with the
+    key and the number of statements completed, which must equal the runner's own count. No line with the key:
+    no pass, whatever the child's exit status. The harness holds its own references: the tests, compiled before
+    the answer's code ran, run with a copy of the builtins taken before it too, and the harness itself calls
+    only what it captured then (patching `builtins.exec`, `AssertionError`, `json`, `os.write` changes nothing).
+    The key is in no file and no module: only in the harness's locals. An audit hook installed before the
+    answer's code refuses the usual ways to them: frames (`sys._getframe`, `tb_frame`, `gi_frame`,
+    `sys._current_frames`, tracing and profiling), `gc.get_objects`/`get_referrers`, signal handlers (they get
+    the current frame), ctypes, new audit hooks; and new processes and the network (the Python-level layer
+    under the kernel's). So an answer that exits early (`os._exit(0)`, `sys.exit`, a signal), fakes a report,
+    or patches the interpreter's Python-level objects fails, with the reason in `detail`.
 
-    Not a kernel sandbox: the filesystem is visible with the child's user rights, and a child that runs
-    as the invoking user can read that user's files, including /proc/<parent>/environ.
+    **Not guaranteed**: an answer's own objects decide their comparisons (`__eq__` that is always True passes
+    `==` asserts: that is Python, and tests should compare plain values); and the audit hook is not a Python
+    sandbox (PEP 578): code written to attack this harness through interpreter internals (re-creating a
+    builtin module through `_imp`, crafted bytecode through `marshal`, a C extension reading memory, `gc`
+    debug lists) can still forge a pass. The sandbox keeps such code from anything outside its own verdict.
+    The tests run in a copy of the answer's namespace: a global the answer rebinds later (not mutates) is
+    not seen by them; and a test that hands the answer one of its own functions hands it the tests'
+    namespace (`__globals__`), not the key. A failure in a helper the tests define is reported at the line
+    of the top-level statement that called it.
+
+    A timeout, a kill by a signal (CPU limit included) and a sandbox failure say nothing definite about the
+    answer: those results are `transient` (runner/stages/check.py does not cache them).
     """
     code = _code_block(answer)
     if code is None:
         return CheckResult(False, "no code block")
     timeout_s = float(spec.get("timeout_s", 10))
     memory_mb = int(spec.get("memory_mb", 512))
-    try:
-        with tempfile.TemporaryDirectory(prefix="runner-check-", ignore_cleanup_errors=True) as tmp:
-            return _sandboxed(Path(tmp), code, spec["tests"], timeout_s, memory_mb)
-    except (OSError, subprocess.SubprocessError) as e:  # the sandbox could not start: still a verdict
-        return CheckResult(False, f"could not run the tests: {e}")
-
-
-def _sandboxed(tmp: Path, code: str, tests: str, timeout_s: float, memory_mb: int) -> CheckResult:
-    token = secrets.token_hex(16)
-    for name, text in (("harness.py", _HARNESS), ("solution.py", code), ("tests.py", tests), ("token", token)):
-        (tmp / name).write_text(text, encoding="utf-8")
-    user = _sandbox_user()
-    as_user: dict[str, Any] = {}
-    if user is not None:
-        os.chown(tmp, *user)
-        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
-    limits = _limits(timeout_s, memory_mb, _nproc_limit(user[0] if user else os.getuid()))
-    # Output goes to a file, not a pipe: a leftover grandchild holding a pipe would block the read.
-    with open(tmp / "output.txt", "wb") as output:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "harness.py"], cwd=tmp, env={}, stdin=subprocess.DEVNULL, stdout=output,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=functools.partial(_apply_limits, limits),
-            **as_user)
-    try:
-        proc.wait(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        _kill_group(proc.pid)
-        proc.wait()
-    if timed_out:
-        return CheckResult(False, f"timeout after {timeout_s:g} s")
-    return _verdict(tmp, token, proc.returncode, memory_mb, _cpu_seconds(timeout_s))
-
-
-def _verdict(tmp: Path, token: str, returncode: int, memory_mb: int, cpu_s: int) -> CheckResult:
-    """What the harness reported (only with the right token), else why the child ended without a report."""
-    try:
-        verdict = json.loads((tmp / "verdict.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        verdict = None
-    if isinstance(verdict, dict) and verdict.get("token") == token:
-        detail = str(verdict.get("detail"))
-        if detail.startswith("MemoryError"):
-            detail = detail.replace("MemoryError", f"MemoryError (memory limit {memory_mb} MB)", 1)
-        return CheckResult(verdict.get("passed") is True, detail)
-    if returncode < 0:
-        if -returncode == signal.SIGXCPU:
-            return CheckResult(False, f"CPU time limit exceeded ({cpu_s} s)")
-        return CheckResult(False, f"killed by signal {-returncode} ({signal.strsignal(-returncode)})")
-    last = (tmp / "output.txt").read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
-    return CheckResult(False, f"the answer's code exited (status {returncode}) before the tests finished"
+    key = secrets.token_hex(16)
+    statements = len(ast.parse(spec["tests"]).body)
+    payload = marshal.dumps((key, code, spec["tests"]))
+    run = sandbox.run_python(_BOOT, payload, timeout_s=timeout_s, memory_mb=memory_mb)
+    if run.status == "error":
+        return CheckResult(False, f"could not run the tests: {run.error}", transient=True)
+    if (verdict := _evidence(run.channel, key, statements, memory_mb)) is not None:
+        return verdict
+    if run.status == "timeout":
+        return CheckResult(False, f"timeout after {timeout_s:g} s", transient=True)
+    if run.status == "signaled":
+        if run.code == signal.SIGXCPU:
+            return CheckResult(False, f"CPU time limit exceeded ({sandbox.cpu_seconds(timeout_s)} s)", transient=True)
+        return CheckResult(False, f"killed by signal {run.code} ({signal.strsignal(run.code)})", transient=True)
+    if len(run.channel) >= sandbox.CHANNEL_CAP:
+        return CheckResult(False, "the answer's code flooded the harness's channel (fd 3): no report")
+    last = run.output.strip().splitlines()
+    return CheckResult(False, f"the answer's code exited (status {run.code}) before the tests finished"
                        + (f": {last[-1][:200]}" if last else ""))
 
 
-def _limits(timeout_s: float, memory_mb: int, nproc: int | None) -> list[tuple[int, tuple[int, int]]]:
-    """The rlimits for the child, each capped by the current hard limit (an unprivileged parent cannot raise it)."""
-    cpu = _cpu_seconds(timeout_s)
-    memory = memory_mb * 2**20
-    wanted = [(resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
-              (resource.RLIMIT_AS, memory, memory), (resource.RLIMIT_FSIZE, _FSIZE_BYTES, _FSIZE_BYTES),
-              (resource.RLIMIT_NOFILE, _NOFILE, _NOFILE), (resource.RLIMIT_CORE, 0, 0)]
-    if nproc is not None:
-        wanted.append((resource.RLIMIT_NPROC, nproc, nproc))
-
-    def capped(res: int, value: int) -> int:
-        hard = resource.getrlimit(res)[1]
-        return value if hard == resource.RLIM_INFINITY else min(value, hard)
-
-    return [(res, (capped(res, soft), capped(res, hard))) for res, soft, hard in wanted]
-
-
-def _cpu_seconds(timeout_s: float) -> int:
-    """The CPU limit: a second past the wall-clock timeout, so it only decides for code that uses several
-    cores at once (or for a process that escaped the group kill)."""
-    return math.ceil(timeout_s) + 1
-
-
-def _apply_limits(limits: list[tuple[int, tuple[int, int]]]) -> None:
-    # Runs between fork and exec (preexec_fn): setrlimit calls on precomputed values only, no imports or
-    # locks, so a thread of the parent holding a lock at fork time cannot deadlock the child.
-    for res, values in limits:
-        resource.setrlimit(res, values)
-
-
-def _nproc_limit(uid: int) -> int | None:
-    """RLIMIT_NPROC for a child running as `uid`: what that user runs now plus a small headroom.
-
-    The limit counts every process (on Linux, thread) of the user, not only the child's, hence the
-    current count. None for root: the kernel does not apply it to uid 0.
-    """
-    return None if uid == 0 else _task_count(uid) + _NPROC_HEADROOM
-
-
-def _task_count(uid: int) -> int:
-    """Tasks whose real uid is `uid`: threads on Linux (what RLIMIT_NPROC counts there), else processes."""
-    proc = Path("/proc")
-    if not (proc / "self" / "status").exists():
-        listing = subprocess.run(["ps", "-A", "-o", "ruid="], capture_output=True, text=True, check=False).stdout
-        return listing.split().count(str(uid))
-    total = 0
-    for status in proc.glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields["Uid"].split()[0]) == uid:
-            total += int(fields["Threads"])
-    return total
-
-
-@functools.cache
-def _sandbox_user() -> tuple[int, int] | None:
-    """(uid, gid) of `nobody` when the runner is root and the interpreter works as nobody; else None."""
-    if os.geteuid() != 0:
+def _evidence(channel: bytes, key: str, statements: int, memory_mb: int) -> CheckResult | None:
+    """The harness's report: the line from the first occurrence of the key on; None when there is none."""
+    at = channel.find(key.encode() + b" ")
+    if at < 0:
         return None
+    fields = channel[at:].split(b"\n", 1)[0].decode("ascii", "replace").split(" ")
     try:
-        entry = pwd.getpwnam("nobody")
-        ids = (entry.pw_uid, entry.pw_gid)
-        probe = subprocess.run([sys.executable, "-I", "-c", ""], user=ids[0], group=ids[1], extra_groups=[],
-                               env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=30, check=False)
-        if probe.returncode == 0:
-            return ids
-    except (KeyError, OSError, subprocess.SubprocessError):
-        pass
-    log.warning("python_tests checks run as root: %s does not run as user nobody, so the answers' code can read "
-                "root's files and its process count is limited only by the Python-level guard", sys.executable)
-    return None
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        _, passed, ran, evidence = fields
+        detail = bytes.fromhex(evidence).decode("utf-8", "replace")
+        completed = int(ran)
+    except ValueError:
+        return CheckResult(False, "the harness's report is malformed")
+    if passed == "1":
+        if completed == statements:
+            return CheckResult(True, detail)
+        return CheckResult(False, f"the harness reported {completed} of {statements} test statements")
+    if detail.startswith("MemoryError"):
+        detail = detail.replace("MemoryError", f"MemoryError (memory limit {memory_mb} MB)", 1)
+    return CheckResult(False, detail)
 
 
 _RUNNERS: dict[str, Callable[[dict, str], CheckResult]] = {

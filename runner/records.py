@@ -110,6 +110,7 @@ class CheckOutcome:
 
     passed: bool
     detail: str
+    transient: bool = False  # failed for a reason outside the answer (timeout, signal, sandbox): not cached
 
 
 @dataclass

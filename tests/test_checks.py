@@ -3,15 +3,19 @@ with checks (YAML and JSONL), and the `standard` suite against hand-written good
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import re
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from runner import checks
+from runner import checks, sandbox
 from runner.cell import load_option
 from runner.checks import run_checks, validate_check
 from runner.prompts import load_prompts
@@ -156,39 +160,226 @@ def test_host_environment_never_reaches_the_child(monkeypatch):
     assert result.passed, result
 
 
-def test_an_answer_cannot_fake_the_verdict():
-    forged = ("import json, os\n"
-              "json.dump({'token': 'guess', 'passed': True, 'detail': 'ok'}, open('verdict.json', 'w'))\n"
-              "os._exit(0)")
-    result, _ = sandboxed(forged)
-    assert not result.passed
+# ---------------------------------------------------------------- a pass needs the harness's evidence
+
+@pytest.fixture(params=["namespaces", "plain"])
+def isolation(request, monkeypatch) -> sandbox.Plan:
+    """Each level of runner/sandbox.py that can run here: the verdict must hold in both."""
+    best = sandbox.plan()
+    if request.param == "namespaces":
+        if not best.namespaces:
+            pytest.skip("no user namespaces here")
+        return best
+    plain = sandbox.Plan(False, sandbox._plain_user(sandbox._nobody()))
+    monkeypatch.setattr(sandbox, "_PLAN", plain)
+    return plain
 
 
-NOBODY_PYTHON = Path("/usr/bin/python3")
+ADD = "def add(a, b):\n    return a + b\n"
+WRONG_TESTS = "assert add(1, 1) == 3\n"  # a correct add must fail these: a pass can only be faked
+
+# Walks frames up from a start, writes a forged report for every 32-character string it finds (the old
+# verdict file, and the evidence line for WRONG_TESTS's one statement), then leaves before the tests.
+FORGE = """
+import json, os, sys
+def forge(frame):
+    while frame is not None:
+        for value in [*frame.f_locals.values(), *frame.f_globals.values()]:
+            if isinstance(value, str) and len(value) == 32:
+                with open("verdict.json", "w") as f:
+                    json.dump({"token": value, "passed": True, "detail": "all tests passed"}, f)
+                try:
+                    os.write(3, f"{value} 1 1 {b'all tests passed'.hex()}\\n".encode())
+                except OSError:
+                    pass
+        frame = frame.f_back
+    os._exit(0)
+"""
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not NOBODY_PYTHON.exists(), reason="needs root and a system Python")
-def test_as_root_the_answer_runs_as_nobody_under_a_process_cap(monkeypatch):
-    """RLIMIT_NPROC never applies to root: the child runs as nobody when the interpreter allows it. A fork
-    bomb that gets past the Python-level guard (ctypes) stays within the cap and is killed at the timeout."""
-    monkeypatch.setattr(sys, "executable", str(NOBODY_PYTHON))
-    checks._sandbox_user.cache_clear()
-    try:
-        if checks._sandbox_user() is None:
-            pytest.skip(f"{NOBODY_PYTHON} does not run as nobody here")
-        nobody = checks._sandbox_user()[0]
-        result, _ = sandboxed("import os\ndef uid():\n    return os.getuid()", f"assert uid() == {nobody}")
-        assert result.passed, result
-        bomb = "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()"
-        result, elapsed = sandboxed(bomb, timeout_s=2)
-        assert not result.passed and result.detail == "timeout after 2 s" and elapsed < 4
-        counted = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nborn = 0\nfor _ in range(100):\n"
-                   "    pid = libc.fork()\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-                   "    born += pid > 0\ndef forks():\n    return born")
-        result, _ = sandboxed(counted, f"assert forks() < {checks._NPROC_HEADROOM}, forks()")
-        assert result.passed, result
-    finally:
-        checks._sandbox_user.cache_clear()
+@pytest.mark.parametrize("cheat", [
+    "import builtins\nbuiltins.exec = lambda *a, **k: None\n" + ADD,
+    "import builtins\nbuiltins.compile = lambda *a, **k: compile('pass', 'x', 'exec')\n" + ADD,
+    FORGE + "forge(sys._getframe(1))\n",
+    FORGE + "try:\n    raise ValueError\nexcept ValueError as e:\n    forge(e.__traceback__.tb_frame)\n",
+    FORGE + "import threading\nforge(sys._current_frames()[threading.get_ident()])\n",
+    FORGE + "def add(a, b):\n    forge(sys._getframe(1))\n",  # from inside the tests
+    FORGE + "import signal\nsignal.signal(signal.SIGALRM, lambda signum, frame: forge(frame))\n"
+            "signal.setitimer(signal.ITIMER_REAL, 0.001)\nimport time\ntime.sleep(1)\n",
+    "import json, os\njson.dump({'token': open('token').read(), 'passed': True, 'detail': 'ok'},\n"
+    "          open('verdict.json', 'w'))\nos._exit(0)\n",
+    "import sys\ndef add(a, b):\n    sys.exit(0)\n",
+    "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "import builtins\nbuiltins.AssertionError = type('Never', (Exception,), {})\n" + ADD,
+    FORGE + "sys.settrace(lambda frame, event, arg: forge(frame))\ndef poke():\n    pass\npoke()\n",
+    "import ctypes\n" + ADD,
+], ids=["patched-exec", "patched-compile", "frame-getframe", "frame-traceback", "frame-current-frames",
+        "frame-during-tests", "frame-signal-handler", "token-file", "sys-exit-in-tests", "os-exit-in-tests",
+        "patched-assertionerror", "settrace", "ctypes"])
+def test_a_pass_cannot_be_faked(isolation, cheat):
+    result = run_checks(python_tests_spec(WRONG_TESTS, timeout_s=5), py(cheat))
+    assert not result.passed and result.detail, result
+    assert not result.transient, result
+
+
+def test_every_statement_must_complete(isolation):
+    result, _ = sandboxed(ADD, "assert add(1, 1) == 2\nassert add(2, 2) == 5\nassert add(0, 0) == 0")
+    assert not result.passed and result.detail == "AssertionError (tests line 2: assert add(2, 2) == 5)"
+    result, _ = sandboxed(ADD, "for a in range(3):\n    assert add(a, 1) == a + 1\nassert add(1, 1) == 2")
+    assert result.passed and result.detail == "all tests passed", result
+
+
+def test_an_answers_own_eq_decides_its_comparisons():
+    """The documented limit: an object of the answer's that equals everything passes `==` asserts."""
+    result, _ = sandboxed("class Anything:\n    def __eq__(self, other):\n        return True\n"
+                          "def add(a, b):\n    return Anything()", WRONG_TESTS)
+    assert result.passed, result
+
+
+def test_tests_without_a_statement_are_a_bad_spec():
+    with pytest.raises(ValueError, match="no statement"):
+        validate_check(python_tests_spec("# nothing to run\n"), "suite.yaml:3")
+
+
+# ---------------------------------------------------------------- the answer reaches nothing outside
+
+LEAK = """
+import os
+def harvest():
+    found = []
+    pids = ["self", str(os.getppid()), "1", *(os.listdir("/proc") if os.path.isdir("/proc") else [])]
+    for pid in pids:
+        for name in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            found += [part.decode(errors="replace") for part in data.split(b"\\0") if b"RUNNER_TEST_SECRET" in part]
+    return found
+FOUND = harvest()
+"""
+ENDINGS = {"raise": "assert not FOUND, FOUND", "print-and-exit": "print(FOUND, flush=True)\nimport os\nos._exit(3)"}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_the_runners_environment_is_out_of_reach(isolation, ending, tmp_path):
+    """A runner whose environment holds a key (as exec'd: /proc/<pid>/environ shows the environment a process
+    started with, so the key is planted in a real runner process's, not in this one's os.environ). The answer
+    looks for it in /proc/<ppid>/environ, /proc/1/environ and every /proc entry, and writes back what it found
+    through the detail: the exception text, or the last line it printed."""
+    secret = "sk-planted-" + os.urandom(8).hex()
+    code, tests = (LEAK + ENDINGS[ending], "assert True") if ending != "raise" else (LEAK, ENDINGS[ending])
+    script = (f"import json, sys\nfrom runner import sandbox\nfrom runner.checks import run_checks\n"
+              f"sandbox._PLAN = sandbox.{isolation!r}\n"
+              f"r = run_checks({python_tests_spec(tests)!r}, {py(code)!r})\n"
+              f"print(json.dumps([r.passed, r.detail]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RUNNER_TEST_SECRET": secret}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    passed, detail = json.loads(proc.stdout.splitlines()[-1])
+    assert (passed, detail) == ((True, "all tests passed") if ending == "raise" else
+                                (False, "the answer's code exited (status 3) before the tests finished: []"))
+
+
+def test_no_process_through_posix_fork(isolation):
+    code = ("import posix\ndef forked():\n    pid = posix.fork()\n    if pid == 0:\n        posix._exit(0)\n"
+            "    return pid > 0")
+    result, _ = sandboxed(code, "assert forked()")
+    assert not result.passed and "process creation disabled" in result.detail, result
+
+
+def test_no_connection_through_raw_socket(isolation):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0)
+        port = listener.getsockname()[1]
+        code = ("import _socket\ndef connect(port):\n    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)\n"
+                "    s.connect(('127.0.0.1', port))\n    return True")
+        result, _ = sandboxed(code, f"assert connect({port})")
+        assert not result.passed and "network disabled" in result.detail, result
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+SETSID = """
+import os, posix, time
+try:
+    if posix.fork() != 0:  # where a fork works, the parent waits out the timeout and the child leaves the group
+        time.sleep(30)
+except OSError:
+    pass
+os.setsid()
+time.sleep(30)
+"""
+
+
+def test_setsid_does_not_outlive_the_timeout(isolation, reaper):
+    result, elapsed = sandboxed(SETSID, timeout_s=1)
+    assert elapsed < 3 and reaper() == []
+    assert (result.passed, result.detail, result.transient) == (False, "timeout after 1 s", True)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture
+def reaper():
+    """This process as child subreaper for one test: what the sandbox leaves behind is re-parented here, and the
+    fixture's function lists those still alive (zombies are reaped)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+    def children() -> list[str]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                if fields[0] == "Z":
+                    os.waitpid(int(stat.parent.name), os.WNOHANG)
+                else:
+                    found.append(stat.parent.name)
+        return found
+
+    before = set(children())  # children of this process that other fixtures started (servers of other tests)
+
+    def alive() -> list[str]:
+        time.sleep(0.2)  # a killed process needs a moment to be re-parented
+        return [pid for pid in children() if pid not in before]
+
+    yield alive
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- transient outcomes
+
+@pytest.mark.parametrize("code,tests,transient", [
+    ("def spin():\n    while True:\n        pass", "spin()", True),  # timeout
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "assert True", True),
+    (ADD, WRONG_TESTS, False),
+    ("import os\nos._exit(1)", "assert True", False),
+])
+def test_only_outcomes_outside_the_answer_are_transient(code, tests, transient):
+    result, _ = sandboxed(code, tests, timeout_s=1)
+    assert not result.passed and result.transient is transient, result
+
+
+def test_a_flood_on_the_channel_is_no_pass_and_no_hang():
+    result, elapsed = sandboxed("import os\nos.write(3, b'x' * 2**21)", timeout_s=5)
+    assert result == checks.CheckResult(False, "the answer's code flooded the harness's channel (fd 3): no report")
+    assert elapsed < 5
+
+
+def test_a_definite_failure_outweighs_a_transient_one_in_a_list():
+    spin = python_tests_spec("spin()", timeout_s=1)
+    answer = py("def spin():\n    while True:\n        pass")
+    assert run_checks([spin, {"type": "regex", "pattern": "```"}], answer).transient
+    assert not run_checks([spin, {"type": "regex", "pattern": "nowhere"}], answer).transient
 
 
 # ---------------------------------------------------------------- bad check specs

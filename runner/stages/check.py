@@ -1,7 +1,12 @@
 """The check stage: every answer against its prompt's ground-truth check (runner/checks.py), no judge.
 
-Results are cached by (check, answer): a re-run, and every cell that wrote the same answer, reuse them.
-Checks run in parallel (a `python_tests` check is a sandboxed subprocess that may take its timeout).
+Definite results are cached by (check, answer): a re-run, and every cell that wrote the same answer, reuse them.
+A transient one (a timeout, a kill by a signal, a sandbox that could not start) is recorded on the answer but
+not cached: it says more about the machine at that moment than about the answer, so the next run recomputes it.
+
+Checks run in parallel on half the cores (at least one): a `python_tests` check is a sandboxed interpreter that
+keeps a core busy for up to its wall-clock timeout, and on a machine that is also running other cells (or a
+judge) a full house of them would turn slow but correct answers into timeouts.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from runner.prompts import Prompt
 from runner.records import CheckOutcome, PromptResult, from_dict
 from runner.store import Store
 
-CHECK_CODE_VERSION = 1  # bump when checking code changes what a check concludes
+CHECK_CODE_VERSION = 2  # bump when checking code changes what a check concludes (2: python_tests needs evidence)
 KIND = "checks"  # store kind
 
 
@@ -32,8 +37,9 @@ def _check(store: Store, spec: Any, answer: str) -> CheckOutcome:
     if (hit := store.lookup(KIND, payload)) is not None:
         return from_dict(CheckOutcome, hit.manifest["record"])
     result = run_checks(spec, answer)
-    outcome = CheckOutcome(passed=result.passed, detail=result.detail)
-    store.put_json(KIND, payload, {"passed": outcome.passed, "detail": outcome.detail})
+    outcome = CheckOutcome(passed=result.passed, detail=result.detail, transient=result.transient)
+    if not outcome.transient:
+        store.put_json(KIND, payload, {"passed": outcome.passed, "detail": outcome.detail})
     return outcome
 
 
@@ -43,7 +49,7 @@ def check_answers(store: Store, prompts: list[Prompt], results: list[PromptResul
     todo = [r for r in results if r.prompt_id in specs]
     if not todo:
         return
-    with ThreadPoolExecutor(max_workers=max(1, available_cpus())) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, available_cpus() // 2)) as pool:
         outcomes = list(pool.map(lambda r: _check(store, specs[r.prompt_id], r.answer), todo))
     for r, outcome in zip(todo, outcomes):
         r.check = outcome
