@@ -63,25 +63,56 @@ def check_judge(config: DictConfig) -> None:
         _stop(str(e))
 
 
+def check_configs(config: DictConfig, multirun: bool) -> None:
+    """Settings invalid on their face stop the run before any cell builds or generates (runner/preflight.py)."""
+    from runner.preflight import config_errors
+
+    if errors := config_errors(config, multirun):
+        print("\n".join(f"error: {e}" for e in errors) + "\nnothing was run", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def check_slurm_request(config: DictConfig) -> None:
+    """Jobs larger than any node of their partition would pend forever or be refused: stop before submitting."""
+    from runner.slurm import request_problem
+
+    if message := request_problem(config.hydra.launcher):
+        _stop(message)
+
+
+def stop_display() -> None:
+    """End the progress display (its last poll prints what changed); `slurm_watch.stop` calls it to stop a sweep."""
+    while _MONITOR:
+        _MONITOR.pop().__exit__()
+
+
 class RunnerCallback(Callback):
     """Pre-flight checks, the progress display while cells run, and the matrix, report and summary at the end."""
 
-    def _start(self, config: DictConfig, out_dir_key: str, total: int | None) -> None:
+    def _start(self, config: DictConfig, out_dir_key: str, total: int | None, resumed: bool = False) -> None:
         HydraConfig.instance().set_config(config)  # `${hydra:...}` in the dirs needs it at this point
         check_no_secret_overrides(config)
         out_dir = config.hydra[out_dir_key].dir
         check_writable(out_dir)
         check_judge(config)
+        slurm_sweep = out_dir_key == "sweep" and "SlurmLauncher" in str(config.hydra.launcher.get("_target_", ""))
+        if slurm_sweep:
+            check_slurm_request(config)
+        if not resumed:
+            check_configs(config, out_dir_key == "sweep")
         out = progress.console()
         scheduler = "submitit" in str(config.hydra.launcher.get("_target_", ""))
         mode = progress.display_mode(bool(config.get("quiet")), out, scheduler)
         _MONITOR.append(SweepMonitor(Path(out_dir), total, out, mode))
         _MONITOR[-1].__enter__()
+        if slurm_sweep:  # pending reasons for the display, sacct kept quiet, a sweep that can never start stopped
+            from runner.slurm_watch import watch
+
+            watch(Path(out_dir), config, stop_display)
 
     def _finish(self, out_dir: Path) -> None:
         out = _MONITOR[-1].out if _MONITOR else progress.console()
-        while _MONITOR:
-            _MONITOR.pop().__exit__()
+        stop_display()
         try:
             if (out_dir / "multirun.yaml").is_file():
                 judge_deferred(load_sweep(out_dir))  # judge.where=end: here, where the network is
@@ -98,8 +129,9 @@ class RunnerCallback(Callback):
         self._start(config, "run", 1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        total = EXPECTED_JOBS.pop() if EXPECTED_JOBS else job_count(OmegaConf.to_container(config.hydra, resolve=False))
-        self._start(config, "sweep", total)
+        resumed = bool(EXPECTED_JOBS)  # `replay resume`: the sweep's jobs were checked when it started
+        total = EXPECTED_JOBS.pop() if resumed else job_count(OmegaConf.to_container(config.hydra, resolve=False))
+        self._start(config, "sweep", total, resumed)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)

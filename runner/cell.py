@@ -15,7 +15,37 @@ from runner.locks import LOCK_KINDS
 from runner.records import CellIdentity, SamplerParams
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_FIDELITY_TEXT = Path(__file__).resolve().parent / "data" / "fidelity_eval.txt"
 log = logging.getLogger(__name__)
+
+
+def parse_top_k(value: Any) -> int | None:
+    """`fidelity.top_k`: a positive integer, or `all` (None: the full vocabulary, exact KLD)."""
+    if str(value).lower() == "all":
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1:
+        raise ValueError(f"fidelity.top_k must be a positive integer or all, got {value!r}")
+    return k
+
+
+def check_fidelity_config(fid: dict[str, Any]) -> None:
+    """What the fidelity config alone decides (the text's length needs its tokenizer: checked in the cell)."""
+    parse_top_k(fid.get("top_k", 256))
+    chunk_len, tokens = fid.get("chunk_len"), fid.get("tokens")
+    if not isinstance(chunk_len, int) or chunk_len < 2:
+        raise ValueError(f"fidelity.chunk_len must be an integer >= 2, got {chunk_len!r}")
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"fidelity.tokens must be an integer >= 0 (0: the whole text), got {tokens!r}")
+    if 0 < tokens < chunk_len:
+        raise ValueError(f"fidelity.tokens={tokens} is shorter than one chunk (fidelity.chunk_len={chunk_len}): "
+                         f"set fidelity.tokens >= {chunk_len}, or 0 for the whole text")
+    text = Path(fid.get("text") or DEFAULT_FIDELITY_TEXT)
+    if not text.is_file():
+        raise FileNotFoundError(f"fidelity.text: file not found: {text}")
 
 
 def load_option(group: str, option: str, resolve: bool = True) -> dict[str, Any]:
@@ -117,8 +147,8 @@ class Cell:
             raise ValueError(f"generation.chat must be auto, true or false, got {value!r}")
         return value
 
-    def validate(self) -> None:
-        """User-caused config errors, raised once with the key at fault."""
+    def validate(self, warn: bool = True) -> None:
+        """User-caused config errors, raised once with the key at fault (`warn`: also log doubtful settings)."""
         g = self.generation
         if int(g["max_tokens"]) <= 0:
             raise ValueError(f"generation.max_tokens must be > 0, got {g['max_tokens']} (conf/generation/{g['name']}.yaml)")
@@ -137,9 +167,7 @@ class Cell:
             if not Path(self.artifact_path).exists():
                 raise FileNotFoundError(f"artifact.path: no such file or folder: {self.artifact_path}")
         if self.fidelity.get("enabled"):
-            from runner.stages.fidelity import parse_top_k
-
-            parse_top_k(self.fidelity.get("top_k"))
-        if self.repeats > 1 and float(g["temperature"]) == 0.0:
+            check_fidelity_config(self.fidelity)
+        if warn and self.repeats > 1 and float(g["temperature"]) == 0.0:
             log.warning("repeats=%d with greedy decoding (temperature 0) repeats identical answers; "
                         "use generation=sampled for confidence intervals over seeds", self.repeats)

@@ -92,6 +92,12 @@ class ChatRenderer:
             return self.codec.encode(text, add_special_tokens)
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    def bos_id(self) -> int | None:
+        """The token the model's tokenizer puts before a text (its BOS), or None when it adds none."""
+        probe = "a"
+        plain, special = self.encode(probe), self.encode(probe, add_special_tokens=True)
+        return special[0] if len(special) > len(plain) and special[1:1 + len(plain)] == plain else None
+
     def render(self, user_text: str) -> RenderedPrompt:
         if not self.chat:
             return RenderedPrompt(user_text, self.encode(user_text, add_special_tokens=True))

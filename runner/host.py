@@ -12,7 +12,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from runner.records import HostInfo
+from runner.records import HostInfo, RuntimeInfo
 
 
 def _cpu_model() -> str:
@@ -72,6 +72,7 @@ def host_info() -> HostInfo:
                     node=env.get("SLURMD_NODENAME"))
 
 
-def measured_on(host: HostInfo, device: str) -> str:
-    """The tag a speed measurement carries: same host and same engine device means comparable."""
-    return f"{host.fingerprint}/{device}"
+def measured_on(host: HostInfo, runtime: RuntimeInfo) -> str:
+    """The tag a speed measurement carries: same hardware, engine device and threads means comparable."""
+    threads = runtime.threads()
+    return f"{host.fingerprint}/{runtime.device}" + (f"/{threads}" if threads else "")

@@ -97,7 +97,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {"judge": CRITERIA, "check": ("check_pass
 
 def speed_tag(rec: CellRecord) -> str | None:
     """Where this cell's speed counts as measured (None: an old record without host tags)."""
-    return measured_on(rec.host, rec.runtime.device) if rec.host and rec.runtime else None
+    return measured_on(rec.host, rec.runtime) if rec.host and rec.runtime else None
 
 
 def by_prompt(results: list[PromptResult], get: Getter, metric: str, tag: str | None) -> dict[str, list[float]]:

@@ -34,7 +34,7 @@ from runner.stages.fidelity import run_fidelity
 from runner.stages.generate import GenerationStage
 from runner.stages.judge import JUDGED_AT_END, judge_cell
 from runner.stages.prepare import prepare_build
-from runner.store import Store
+from runner.store import Refresh, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _now() -> str:
 class CellRun:
     """State of one cell while its stages run."""
 
-    def __init__(self, cell: Cell, job_dir: Path, progress: CellProgress, refresh: frozenset[str] = frozenset(),
+    def __init__(self, cell: Cell, job_dir: Path, progress: CellProgress, refresh: Refresh | None = None,
                  parallel_jobs: int = 1, judge_at_end: bool = False):
         self.cell, self.job_dir, self.progress = cell, job_dir, progress
         self.refresh, self.parallel_jobs, self.judge_at_end = refresh, parallel_jobs, judge_at_end
@@ -81,7 +81,7 @@ class CellRun:
                 log.error("cell %s × %s failed: %s", cell.identity.format, cell.identity.precision, rec.reason)
                 log.debug("%s", traceback.format_exc())
             finally:
-                tag = measured_on(rec.host, rec.runtime.device) if rec.runtime else None
+                tag = measured_on(rec.host, rec.runtime) if rec.runtime else None
                 rec.speed = speed_stats(rec.results, tag)
                 rec.finished_at = _now()
                 rec.windows["cell"] = [round(t0, 3), round(time.time(), 3)]
@@ -91,7 +91,8 @@ class CellRun:
     def _context(self) -> CellContext:
         cell = self.cell
         prompts = load_prompts(cell.prompts)
-        store = Store(cell.store_dir, refresh=self.refresh, lock=cell.store_lock, lease_s=cell.store_lease_s)
+        store = Store(cell.store_dir, refresh=self.refresh, lock=cell.store_lock, lease_s=cell.store_lease_s,
+                      user=self.job_dir.resolve())
         with self.timed("resolve_model"):
             source_dir, self.record.source = resolve_model(cell.model, store)
         renderer = ChatRenderer(source_dir, bool(cell.generation.get("enable_thinking", False)), chat=cell.chat(),
@@ -165,9 +166,9 @@ class CellRun:
             return {answer_key(r): r for r in results}
 
 
-def run_cell(cell: Cell, job_dir: Path, refresh: frozenset[str] = frozenset(), parallel_jobs: int = 1,
+def run_cell(cell: Cell, job_dir: Path, refresh: Refresh | None = None, parallel_jobs: int = 1,
              judge_at_end: bool = False) -> CellRecord:
-    """Run one cell into `job_dir`. `refresh`: store kinds to recompute instead of reuse (replay reproduce);
+    """Run one cell into `job_dir`. `refresh`: what to recompute instead of reuse (replay reproduce, shared by its cells);
     `judge_at_end`: leave judging to the submitting process (judge.where=end)."""
     progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision, cell.identity.artifact))
     try:

@@ -9,7 +9,8 @@ is the same for the basic, joblib and submitit launchers:
   one line above them (`skipped mlx × q4_k_m: ...`, no bar);
 * plain (stdout is not a terminal): only the one line per finished cell;
 * states (a scheduler launcher such as Slurm): one line per change of the queued / running / ok / skipped /
-  failed counts, and the line per finished cell;
+  failed counts or of why the queued jobs wait (squeue's reason, as slurm_watch's poller last heard it:
+  `jobs: 2 queued (Resources) · ...`), and the line per finished cell;
 * off (`quiet=true`): nothing until the summary.
 In every mode the console shows warnings and errors only; INFO logs go to each job's log file.
 """
@@ -22,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +34,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner import slurm
 from runner.identity import precision_label
 from runner.records import Generation, write_text_atomic
 
@@ -223,7 +226,9 @@ class SweepMonitor:
         c = self.counts()
         queued = max((self.total or started) - started, 0)
         running = started - len(self.finished)
-        return f"jobs: {queued} queued · {running} running · {c['ok']} ok · {c['skipped']} skipped · {c['failed']} failed"
+        why = pending_reasons() if queued else ""
+        return (f"jobs: {queued} queued{why} · {running} running · {c['ok']} ok · {c['skipped']} skipped · "
+                f"{c['failed']} failed")
 
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "skipped": 0, "failed": 0}
@@ -285,6 +290,14 @@ def _read_finished(path: Path) -> _Finished:
     return _Finished(label=cell_label(cell.get("format"), cell.get("precision"), cell.get("artifact")),
                      status=data.get("status", "failed"),
                      reason=data.get("reason"), seconds=window[1] - window[0] if window else None)
+
+
+def pending_reasons() -> str:
+    """` (Resources)`, or ` (2 Priority, 1 Resources)`: why Slurm holds the queued jobs; empty when unknown."""
+    reasons = Counter(j.reason for j in slurm.last_seen().values() if j.state == "PENDING" and j.reason != "None")
+    if len(reasons) <= 1:
+        return "".join(f" ({r})" for r in reasons)
+    return " (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")"
 
 
 def cell_label(fmt: Any, precision: Any, artifact: str | None = None) -> str:

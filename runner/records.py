@@ -100,7 +100,7 @@ class Generation:
     gen_tps: float
     wall_s: float
     peak_rss_mb: float | None = None
-    measured_on: str = ""  # `HostInfo.fingerprint/device` where the speed was measured ("" = unknown)
+    measured_on: str = ""  # `fingerprint/device/threads` where the speed was measured (host.measured_on; "" = unknown)
     parallel_jobs: int = 1  # cells the launcher ran at once while this was measured
 
 
@@ -184,15 +184,30 @@ class HostInfo:
         return f"{self.cpu} × {self.cores}" + (f" + {self.gpu}" if self.gpu else "")
 
 
+# Thread counts change speed, not outputs: greedy token ids and log-probs were bit-identical across 1-8 threads
+# in llama.cpp (tiny model and Gemma 3 270M, F16 to Q4_0; ARCHITECTURE.md). They tag speed, not answers.
+THREAD_SETTINGS = ("n_threads", "n_threads_batch")
+
+
 @dataclass
 class RuntimeInfo:
     """How the engine ran a cell, resolved (never `auto`)."""
 
     device: str  # cpu | metal | cuda | ...
     compute_dtype: str
-    settings: dict[str, Any] = field(default_factory=dict)  # engine settings that can change tokens (cache keys)
+    settings: dict[str, Any] = field(default_factory=dict)  # resolved engine settings (threads, layers, batch)
     format: dict[str, Any] = field(default_factory=dict)  # the format config as given
     parallel_jobs: int = 1  # cells the launcher runs at once (joblib n_jobs, submitit array parallelism)
+    engine: dict[str, str] = field(default_factory=dict)  # what computed: engine name, package and library versions
+    cpu_threads: int | None = None  # MLX on the CPU: threads it computed with, measured (it takes no setting)
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that can change tokens or log-probs (cache keys): all but the thread counts."""
+        return {k: v for k, v in self.settings.items() if k not in THREAD_SETTINGS}
+
+    def threads(self) -> str:
+        """The thread counts, for speed tags ('' where the engine has none)."""
+        return ",".join(f"{k}={self.settings[k]}" for k in THREAD_SETTINGS if k in self.settings)
 
 
 @dataclass
@@ -216,6 +231,7 @@ class FidelityResult:
     peak_rss_mb: float | None = None  # process peak while scoring (bounded by chunk size, not text length)
     n_chunks: int = 0
     top_k: int | None = None  # baseline log-probs kept per position; None: the full vocabulary (exact KLD)
+    bos_first: bool = False  # every chunk started with the model's BOS (its tokenizer adds one)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from runner.stages import fidelity, generate
 from runner import progress
 from runner.cell import Cell
 from runner.progress import SweepMonitor
+from runner.store import Refresh
 from runner.sweep import Job, Sweep, SweepError
 
 
@@ -138,7 +139,7 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = F
     sweep.require_replayable()
     prepare_out(out)
     shutil.copy2(sweep.dir / "multirun.yaml", out / "multirun.yaml")
-    refresh = frozenset() if from_cache else REFRESH_ON_REPRODUCE
+    refresh = Refresh(frozenset() if from_cache else REFRESH_ON_REPRODUCE)  # one run: shared by every cell
     diffs = []
     out_console = progress.console()
     with SweepMonitor(out, len(sweep.jobs), out_console, progress.display_mode(quiet, out_console)):
@@ -152,7 +153,7 @@ def reproduce(sweep: Sweep, out: Path, fresh: bool = False, from_cache: bool = F
     return diffs
 
 
-def _reproduce_job(job: Job, out: Path, fresh: bool, refresh: frozenset[str]) -> CellDiff:
+def _reproduce_job(job: Job, out: Path, fresh: bool, refresh: Refresh) -> CellDiff:
     """Re-run one job from its saved config into `out/<num>` and compare with its old record."""
     cfg = job.config()
     cfg.store_dir = str((out / "store").resolve() if fresh else job.store_dir(cfg).resolve())

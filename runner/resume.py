@@ -7,10 +7,9 @@ runner -m`, it ends with the end-of-sweep judging (judge.where=end), the matrix,
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
+from runner import slurm
 from runner.sweep import Sweep, SweepError, job_overrides, saved_hydra
 
 DONE = ("ok", "skipped")
@@ -28,12 +27,8 @@ def jobs_to_resume(sweep: Sweep) -> list[tuple[int, list[str]]]:
 def queued_jobs(sweep: Sweep) -> list[str]:
     """Scheduler jobs of this sweep still queued or running (submitit keeps one folder per Slurm job)."""
     folder = sweep.dir / ".submitit"
-    ids = sorted({d.name.split("_")[0] for d in folder.iterdir() if d.name.split("_")[0].isdigit()}
-                 if folder.is_dir() else set())
-    if not ids or shutil.which("squeue") is None:
-        return []
-    proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
-    return proc.stdout.split() if proc.returncode == 0 else []
+    ids = [d.name for d in folder.iterdir() if d.name.split("_")[0].isdigit()] if folder.is_dir() else []
+    return sorted(slurm.squeue(ids) or {})
 
 
 def launch_overrides(sweep: Sweep) -> list[str]:
@@ -69,7 +64,7 @@ def resume(sweep: Sweep) -> int:
         if (old := sweep.dir / str(n) / "result.json").exists():
             old.replace(old.with_name("result.previous.json"))
     GlobalHydra.instance().clear()
-    hydra = Hydra.create_main_hydra2("__main__", create_config_search_path(str(Path(CONF_DIR))))
+    hydra = Hydra.create_main_hydra2("runner", create_config_search_path(str(Path(CONF_DIR))))
     cfg = hydra.compose_config("config", overrides=launch_overrides(sweep), run_mode=RunMode.MULTIRUN)
     hooks = Callbacks(cfg)
     runner_callbacks.EXPECTED_JOBS[:] = [len(todo)]

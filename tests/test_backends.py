@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from runner.backends import base, get_backend
+from runner.context import CellContext
+from runner.host import host_info
+from runner.stages.generate import GenerationStage
 from runner.cell import load_option as group
 from runner.contract import ChatRenderer
 from runner.model_source import resolve_model
@@ -154,7 +159,40 @@ def test_runtime_is_resolved_on_this_host(env):
 
     on_cpu = mx.default_device() == mx.cpu
     assert m.device == ("cpu" if on_cpu else m.device) and m.compute_dtype == ("float32" if on_cpu else "float16")
+    assert (m.cpu_threads or 0) >= 1 if on_cpu else m.cpu_threads is None  # measured: MLX takes no thread setting
+    assert g.engine["llama-cpp-python"] == llama_cpp.__version__ and g.engine["llama.cpp"] not in ("", "unknown")
+    assert m.engine["mlx"] == mx.__version__ and m.engine["mlx-lm"]
     assert gguf.runtime({**g_cfg, "n_gpu_layers": 0}, g_art).device == "cpu"
     assert mlx.runtime({**m_cfg, "compute_dtype": "model"}, m_art).compute_dtype == "float16"  # the tiny model's
     with pytest.raises(ValueError, match="n_gpu_layers"):
         gguf.runtime({**g_cfg, "n_gpu_layers": "most"}, g_art)
+
+
+@pytest.mark.parametrize("fmt", ["mlx", "gguf"])
+def test_every_loaded_model_is_warmed_up_before_the_first_timed_prompt(env, fmt, tmp_path):
+    """One short untimed generation per load, the same in both engines; it changes no answer."""
+    store, model_dir, source, renderer, stop_ids, prompts = env
+    backend, fmt_cfg = get_backend(fmt), group("format", fmt)
+    art = backend.prepare(model_dir, source, group("precision", "fp16"), fmt_cfg, store)
+    calls: list[int] = []
+    load = backend.load
+
+    def spied_load(artifact, cfg):  # the real session, its stream calls recorded
+        session = load(artifact, cfg)
+        stream = session.stream
+        session.stream = lambda ids, sampler: (calls.append(sampler.max_tokens), stream(ids, sampler))[1]
+        return session
+
+    backend.load = spied_load
+    rendered = {p.id: renderer.render(p.prompt) for p in prompts[:2]}
+    ctx = CellContext(cell=SimpleNamespace(repeats=1, sampler=lambda repeat: GREEDY), store=Store(tmp_path),
+                      source_dir=model_dir, source=source, renderer=renderer, stop_ids=stop_ids, strip_thinking=True,
+                      prompts=prompts[:2], rendered=rendered, host=host_info(), parallel_jobs=1)
+    with GenerationStage(ctx, backend, art, fmt_cfg) as stage:
+        results = stage.run()
+        stage.close()
+        stage.session()  # loaded again (e.g. for fidelity): warmed up again
+    assert calls == [base.WARMUP_TOKENS, GREEDY.max_tokens, GREEDY.max_tokens, base.WARMUP_TOKENS]
+    with load(art, fmt_cfg) as cold:  # no warm-up: the same answers
+        assert [base.generate(cold, r.token_ids, GREEDY, stop_ids).token_ids for r in rendered.values()] == \
+            [r.generation.token_ids for r in results]

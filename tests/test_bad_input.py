@@ -71,15 +71,21 @@ def test_truncated_safetensors(tmp_path, tiny_model_dir):
     assert "truncated or corrupt safetensors" in reason and "model.safetensors" in reason
 
 
-def test_corrupt_gguf_artifact_in_store(tmp_path):
+def test_truncated_gguf_artifact_in_store_is_rebuilt(tmp_path):
     proc = run_runner(["precision=q4_0", *NO_FID], tmp_path)
     assert proc.returncode == 0, output(proc)
     artifact = Path(single_record(tmp_path).artifact.path)
-    artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    size = artifact.stat().st_size
+    artifact.write_bytes(artifact.read_bytes()[: size // 2])  # a partial copy of a shared store, a full disk
     shutil.rmtree(tmp_path / "runs")
-    reason = failed(tmp_path, ["precision=q4_0"])
-    assert "truncated or corrupt GGUF" in reason and str(artifact) in reason
-    assert (tmp_path / "store" / "gguf-base").is_dir()  # the F16 conversion is kept
+    proc = run_runner(["precision=q4_0", *NO_FID], tmp_path)
+    assert proc.returncode == 0, output(proc)
+    rec = single_record(tmp_path)
+    assert rec.status == "ok" and not rec.artifact.cache_hit and artifact.stat().st_size == size
+    log = next((tmp_path / "runs").glob("*/runner.log")).read_text()
+    assert log.count("is damaged") == 1 and f"{size // 2} bytes, recorded as {size} bytes" in log
+    builds = [json.loads(line)["kind"] for line in (tmp_path / "store" / "builds.jsonl").read_text().splitlines()]
+    assert builds.count("gguf-base") == 1 and builds.count("gguf") == 2  # only the damaged entry was rebuilt
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -105,9 +111,14 @@ def test_prompts_file_works(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_max_tokens_not_positive(tmp_path, value):
-    proc = run_runner([*NO_FID, f"generation.max_tokens={value}"], tmp_path)
-    assert proc.returncode == 1
-    assert f"generation.max_tokens must be > 0, got {value}" in output(proc)
+    """Invalid on its face: refused for every job before any cell runs (exit 2), not a failed cell."""
+    proc = run_runner(["-m", "format=gguf,mlx", "precision=fp16,q4_0", *NO_FID, f"generation.max_tokens=4,{value}"],
+                      tmp_path)
+    assert proc.returncode == 2
+    assert f"error: generation.max_tokens must be > 0, got {value}" in proc.stderr and "nothing was run" in proc.stderr
+    assert f"(job 1: format=gguf precision=fp16 generation.max_tokens={value}" in proc.stderr
+    assert "and 2 more jobs" in proc.stderr  # gguf q4_0 and mlx fp16 too; mlx × q4_0 is skipped, not an error
+    assert not list(tmp_path.glob("multirun/*/*/result.json")) and not (tmp_path / "store").exists()
 
 
 def test_unwritable_outputs_dir(tmp_path):

@@ -18,7 +18,9 @@ from runner.testing.fault_server import FaultServerProcess
 from test_judge import CLEAN, items, judge_cfg  # tests/ is on sys.path
 
 ARTIFACT = ArtifactInfo(key="art-1", path="/x", size_bytes=1, bits_per_weight=4.5, build_s=0.0, cache_hit=False)
-RUNTIME = RuntimeInfo(device="cpu", compute_dtype="float32", settings={"n_threads": 1, "n_gpu_layers": 0})
+ENGINE = {"name": "llama.cpp", "llama-cpp-python": "0.3.36", "llama.cpp": "0c1e570"}
+RUNTIME = RuntimeInfo(device="cpu", compute_dtype="float32", settings={"n_threads": 1, "n_gpu_layers": 0},
+                      engine=ENGINE)
 PROMPT = RenderedPrompt("<user>hi", [1, 2, 3])
 SAMPLER = SamplerParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, repetition_penalty=1.0, max_tokens=64, seed=0)
 
@@ -33,6 +35,9 @@ GENERATION_CHANGES = {
     "device": {"runtime": dataclasses.replace(RUNTIME, device="metal")},
     "compute_dtype": {"runtime": dataclasses.replace(RUNTIME, compute_dtype="float16")},
     "engine settings": {"runtime": dataclasses.replace(RUNTIME, settings={"n_threads": 1, "n_gpu_layers": -1})},
+    "engine package version": {"runtime": dataclasses.replace(RUNTIME, engine={**ENGINE, "llama-cpp-python": "0.3.37"})},
+    "engine library build": {"runtime": dataclasses.replace(RUNTIME, engine={**ENGINE, "llama.cpp": "1d2f3a4"})},
+    "engine": {"runtime": dataclasses.replace(RUNTIME, engine={"name": "mlx", "mlx": "0.32.4", "mlx-lm": "0.32.2"})},
     "prompt token ids": {"rendered": RenderedPrompt("<user>hi", [1, 2, 5])},
     "stop ids": {"stop_ids": [4, 7]},
     **{f"sampler.{f.name}": {"sampler": dataclasses.replace(SAMPLER, **{f.name: getattr(SAMPLER, f.name) + 1})}
@@ -43,6 +48,21 @@ GENERATION_CHANGES = {
 @pytest.mark.parametrize("change", GENERATION_CHANGES, ids=list(GENERATION_CHANGES))
 def test_generation_key_covers_every_input(change):
     assert gen_key(**GENERATION_CHANGES[change]) != gen_key()
+
+
+def test_thread_counts_stay_out_of_the_token_keys_and_in_the_speed_tag():
+    """Greedy ids and log-probs were bit-identical across 1-8 llama.cpp threads (ARCHITECTURE.md): a store moved
+    to a host with another core count keeps its answers; their speed is tagged with the threads."""
+    from runner.host import measured_on
+    from runner.records import HostInfo
+
+    threads = dataclasses.replace(RUNTIME, settings={"n_threads": 4, "n_threads_batch": 8, "n_gpu_layers": 0})
+    assert gen_key(runtime=threads) == gen_key()
+    stage, other = SimpleNamespace(artifact=ARTIFACT, runtime=RUNTIME), SimpleNamespace(artifact=ARTIFACT, runtime=threads)
+    assert fidelity_stage.baseline_key(stage, [[1, 2]], "sha", 256) == fidelity_stage.baseline_key(other, [[1, 2]], "sha", 256)
+    host = HostInfo(fingerprint="f" * 16, cpu="cpu", cores=8, gpu=None, platform="Linux-x86_64")
+    assert measured_on(host, RUNTIME) != measured_on(host, threads)
+    assert "n_threads=4" in measured_on(host, threads)
 
 
 def test_generation_and_fidelity_keys_carry_a_code_version(monkeypatch):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from conftest import run_runner, sweep_dirs
+from runner.cell import DEFAULT_FIDELITY_TEXT
+from runner.contract import ChatRenderer
+from runner.stages.fidelity import eval_chunks
 from runner.records import read_cell_record
 from runner.store import Store
 
@@ -63,6 +70,7 @@ def test_records_carry_fidelity_and_answer_agreement(fidelity_sweep):
     rec = read_cell_record(next(p for p in sweep.glob("*/result.json") if read_cell_record(p).status == "ok"
                                 and read_cell_record(p).cell.precision != "fp16"))
     assert rec.fidelity.n_tokens == 6 * 255 and rec.fidelity.baseline == "gguf_fp16"
+    assert rec.fidelity.bos_first is False  # the tiny model's tokenizer adds no BOS
     assert all(r.agreement and set(r.agreement) >= {"exact", "token_similarity"} for r in rec.results)
 
 
@@ -106,6 +114,51 @@ def test_top_k_kld_is_a_lower_bound_of_the_exact_one(tmp_path):
 
 def test_bad_top_k_is_one_clear_error(tmp_path):
     proc = run_runner(["format=gguf", "precision=q4_0", *FID, "fidelity.top_k=most"], tmp_path)
-    assert proc.returncode == 1
-    assert "fidelity.top_k must be a positive integer or all, got 'most'" in proc.stdout + proc.stderr
-    assert read_cell_record(next((tmp_path / "runs").glob("*/result.json"))).results == []  # before any work
+    assert proc.returncode == 2
+    assert "fidelity.top_k must be a positive integer or all, got 'most'" in proc.stderr
+    assert not list(tmp_path.glob("runs/*/result.json")) and not (tmp_path / "store").exists()  # before any work
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["fidelity.tokens=256", "fidelity.chunk_len=512"], "fidelity.tokens=256 is shorter than one chunk (fidelity.chunk_len=512)"),
+    (["fidelity.chunk_len=1"], "fidelity.chunk_len must be an integer >= 2, got 1"),
+    (["fidelity.text=/nowhere/eval.txt"], "fidelity.text: file not found: /nowhere/eval.txt"),
+    (["baseline=gguf_q9"], "baseline='gguf_q9'"),
+])
+def test_fidelity_settings_invalid_on_their_face_stop_the_sweep_before_any_cell_runs(tmp_path, settings, message):
+    proc = run_runner(["-m", "format=gguf,mlx", "precision=fp16,q4_0,4bit", "generation.max_tokens=4", "quiet=true",
+                       *settings], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "nothing was run" in proc.stderr, proc.stderr
+    assert not list(tmp_path.glob("multirun/*/*/result.json")) and not (tmp_path / "store").exists()
+
+
+def bos_variant(model_dir: Path, root: Path) -> Path:
+    """The tiny model with a tokenizer that puts BOS (<s>) before every text, as Gemma's and Llama's do."""
+    out = shutil.copytree(model_dir, root / "tiny-bos")
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
+    tok = json.loads((out / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    tok["post_processor"] = {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                             "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                             "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    (out / "tokenizer.json").write_text(json.dumps(tok))
+    return out
+
+
+def test_every_chunk_starts_with_bos_where_the_tokenizer_adds_one(tiny_model_dir, tmp_path):
+    """llama-perplexity's protocol: the text tokenized with its BOS, the first token of every chunk replaced by BOS."""
+    cfg = {"tokens": 0, "chunk_len": 64, "text": None}
+    plain_renderer = ChatRenderer(tiny_model_dir, False)
+    stream = plain_renderer.encode(DEFAULT_FIDELITY_TEXT.read_text())
+    plain = eval_chunks(cfg, plain_renderer)
+    assert not plain.bos_first and plain.chunks[1] == stream[64:128]  # no BOS: unchanged
+
+    renderer = ChatRenderer(bos_variant(tiny_model_dir, tmp_path), False)
+    bos = renderer.bos_id()
+    assert bos == 1 and renderer.encode(DEFAULT_FIDELITY_TEXT.read_text()) == stream
+    text = eval_chunks(cfg, renderer)
+    assert text.bos_first and all(c[0] == bos and len(c) == 64 for c in text.chunks)
+    with_bos = [bos, *stream]
+    assert text.chunks[0] == with_bos[:64] and text.chunks[1] == [bos, *with_bos[65:128]]
+    assert text.sha != plain.sha  # other token ids: other fidelity cache keys

@@ -107,7 +107,7 @@ def test_published_quants_as_prebuilt_cells(hf_sweep, tmp_path):
     assert "gguf × prebuilt:uploader-Q4_0" in proc.stdout
 
     missing = run_runner(["format=gguf", "precision=prebuilt", *SHORT], tmp_path / "missing")
-    assert missing.returncode == 1 and "precision=prebuilt needs artifact.path=" in missing.stdout
+    assert missing.returncode == 2 and "precision=prebuilt needs artifact.path=" in missing.stderr  # before any work
 
 
 def test_a_prebuilt_artifact_must_tokenize_like_the_model():

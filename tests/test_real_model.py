@@ -48,6 +48,7 @@ def test_gemma3_270m_on_both_engines(tmp_path):
     assert source.artifact.path == source.source.gguf_path  # the published file itself
     assert all(r.answer.strip() for r in source.results)  # a real model completes real text
     assert df.loc["q4_k_m", "kld_mean"] == 0 and 0 < df.loc["q4_0", "kld_mean"] and df.loc["q4_0", "top1_pct"] < 100
+    assert records["q4_0"].fidelity.bos_first is True  # Gemma's tokenizer adds BOS: every fidelity chunk starts with it
     assert "REQUANTIZED SOURCE (gemma3_270m)" in (sweep / "report.md").read_text()
 
     mlx = run_runner([*common, "format=mlx", "precision=fp16", "fidelity.enabled=false"], tmp_path, timeout=900)

@@ -119,6 +119,22 @@ def test_reproduce_fresh_bypasses_the_caches(sweep, tmp_path, capsys):
     assert_same_generations_and_scores(records(sweep), records(out), judged=False)
 
 
+def test_reproduce_counts_answers_regenerated_earlier_in_the_same_run_as_regenerated(tmp_path, capsys):
+    """mlx fp16 runs first and regenerates the gguf fp16 baseline's answers; the baseline's own cell then finds
+    them in the store, yet they were made by this reproduce: regenerated, and their speed compared."""
+    proc = run_runner(["-m", "format=mlx,gguf", "precision=fp16", *SMALL], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    out = tmp_path / "again"
+    assert main(["reproduce", str(sweep), "--out", str(out), "--quiet"]) == 0
+    (baseline_line,) = [line for line in capsys.readouterr().out.splitlines() if "gguf fp16" in line]
+    assert "speed not re-measured" not in baseline_line and "gen tok/s" in baseline_line, baseline_line
+    assert (matrix(out)["generations_cached"] == 0).all()
+    again = tmp_path / "from-cache"  # a replay of the caches still says so
+    assert main(["reproduce", str(sweep), "--from-cache", "--out", str(again), "--quiet"]) == 0
+    assert (matrix(again)["generations_cached"] == matrix(again)["n_answers"]).all()
+
+
 def test_a_cell_that_was_ok_and_now_fails_is_a_failure(sweep, tmp_path, capsys):
     broken = shutil.copytree(sweep, tmp_path / "broken", ignore=shutil.ignore_patterns("rejudge-*"))
     config = broken / "1" / ".hydra" / "config.yaml"

@@ -124,7 +124,7 @@ def test_a_job_killed_mid_build_is_resumed(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (sweep / "matrix.csv").exists() and len(list(sweep.glob("*/result.json"))) == 3
-    logs = "".join(p.read_text() for p in sweep.glob("*/__main__.log"))
+    logs = "".join(p.read_text() for p in sweep.glob("*/runner.log"))
     assert re.search(rf"took over the store lock .*gguf-base.* left by pid {holder} on .*no longer running", logs)
 
     resumed = run_runner(["resume", str(sweep)], tmp_path, module="runner.replay")
@@ -157,3 +157,124 @@ def test_judging_at_the_end_happens_in_the_submitting_process(tmp_path):
     end = pd.read_csv(sweep / "matrix.csv")[cols].sort_values(cols[:2]).reset_index(drop=True)
     cell = pd.read_csv(sweep_dirs(tmp_path / "local")[0] / "matrix.csv")[cols].sort_values(cols[:2])
     pd.testing.assert_frame_equal(end, cell.reset_index(drop=True))
+
+
+SACCT_COMPLAINT = "accounting storage is disabled"  # sacct's stderr where accounting is off (this test cluster)
+
+
+def largest_node() -> tuple[int, int]:
+    """(CPUs, memory MB) of the largest node of the default partition, as sinfo lists it."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%c %m"], capture_output=True, text=True, check=True).stdout
+    return max(tuple(map(int, line.split())) for line in out.splitlines())
+
+
+def _sweep(args: list[str], root: Path) -> subprocess.Popen:
+    """`python -m runner -m ARGS`, stdout and stderr kept apart, in its own session (killed at the end if need be)."""
+    return subprocess.Popen([sys.executable, "-m", "runner", "-m", *args, f"outputs_root={root}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float, root: Path) -> tuple[str, str]:
+    """The sweep's output; one still waiting after `timeout` is killed, its Slurm jobs cancelled, and the test fails."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        jobs = {d.name.split("_")[0] for d in root.glob("multirun/*/.submitit/*") if d.name[0].isdigit()}
+        subprocess.run(["scancel", *jobs], capture_output=True)
+        pytest.fail(f"the sweep was still waiting after {timeout} s:\n{out[-2000:]}\n{err[-2000:]}")
+
+
+def test_a_request_larger_than_any_node_stops_before_anything_is_submitted(tmp_path):
+    """The launcher's defaults (4 CPUs, 32 GB) on a smaller node pended forever (PartitionConfig) or were refused
+    by sbatch with a traceback; now one line names the request, the node and the overrides, and nothing is queued."""
+    cpus, mem_mb = largest_node()
+    ask_cpus, ask_gb = max(4, cpus + 1), max(32, mem_mb // 1024 + 1)  # slurm.yaml's defaults, unless a node fits them
+    size = [] if (ask_cpus, ask_gb) == (4, 32) else [f"hydra.launcher.cpus_per_task={ask_cpus}",
+                                                      f"hydra.launcher.mem_gb={ask_gb}"]
+    t0 = time.time()
+    proc = _sweep(["hydra/launcher=slurm", *size, "format=gguf", "precision=fp16,q4_0", *FAST], tmp_path)
+    out, err = _finish(proc, timeout=30, root=tmp_path)
+    assert proc.returncode == 2, out[-2000:] + err[-2000:]
+    print(f"stopped after {time.time() - t0:.1f} s")
+    node_gb = f"{mem_mb / 1024:.1f}".rstrip("0").rstrip(".")
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"error: Slurm jobs on partition {_default_partition()} could never start: each asks for {ask_cpus} CPUs and "
+        f"{ask_gb} GB per node, the largest node has {cpus} CPU{'s' * (cpus > 1)} and {node_gb} GB; "
+        f"set hydra.launcher.cpus_per_task={cpus} hydra.launcher.mem_gb={mem_mb // 1024}"], err
+    assert SACCT_COMPLAINT not in out + err
+    assert not list(tmp_path.rglob(".submitit"))  # nothing was submitted, so nothing waits in the queue
+
+
+def _default_partition() -> str:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True).stdout
+    return next(p.rstrip("*") for p in out.split() if p.endswith("*"))
+
+
+@pytest.fixture
+def down_partition():
+    """A partition of this cluster's nodes that is DOWN: jobs sent there pend (PartitionDown) until it is UP."""
+    name = f"runnertest{os.getpid()}"
+    subprocess.run(["scontrol", "create", f"PartitionName={name}", "Nodes=ALL", "State=DOWN"], check=True)
+    yield name
+    subprocess.run(["scancel", "-p", name], capture_output=True)
+    subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+
+
+def _pending(partition: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-p", partition, "-o", "%r"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def _slurm_log(root: Path) -> str:
+    return "".join(p.read_text() for p in root.glob("multirun/*/slurm.log"))
+
+
+def test_a_job_that_can_never_start_is_cancelled_with_one_line_saying_why(tmp_path, down_partition):
+    """While the jobs wait (PartitionDown: shown, not fatal), an admin caps the partition below their request:
+    Slurm says PartitionConfig, the sweep cancels its jobs, records why on every cell and exits 1 at once."""
+    assert largest_node()[0] >= 2, "this test asks for 2 CPUs"
+    args = ["hydra/launcher=slurm", f"hydra.launcher.partition={down_partition}", "hydra.launcher.cpus_per_task=2",
+            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "format=gguf", "precision=fp16,q4_0",
+            *[a for a in FAST if a != "quiet=true"]]
+    proc = _sweep(args, tmp_path)
+    deadline = time.time() + 20
+    while time.time() < deadline and _pending(down_partition) != ["PartitionDown"] * 2:
+        time.sleep(0.2)
+    assert _pending(down_partition) == ["PartitionDown"] * 2
+    while time.time() < deadline and "pending (PartitionDown)" not in _slurm_log(tmp_path):
+        time.sleep(0.2)  # the sweep's poller has heard it too, and so the display
+    subprocess.run(["scontrol", "update", f"PartitionName={down_partition}", "MaxCPUsPerNode=1", "State=UP"],
+                   check=True)
+    t0 = time.time()
+    out, err = _finish(proc, timeout=30, root=tmp_path)
+    print(f"stopped {time.time() - t0:.1f} s after the partition changed")
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert re.fullmatch(rf"error: Slurm job \d+ can never start on partition {down_partition} \(pending: \w+\): "
+                        r"it asks for 2 CPUs and 2 GB per node, the largest node has 1 CPU and [\d.]+ GB; "
+                        r"set hydra.launcher.cpus_per_task=1", line), line
+    assert any(re.match(r"jobs: 2 queued \(PartitionDown\) · 0 running", s) for s in out.splitlines()), out
+    assert SACCT_COMPLAINT not in out + err
+    assert _pending(down_partition) == []  # cancelled
+    sweep = sweep_dirs(tmp_path)[0]
+    records = [read_cell_record(sweep / str(n) / "result.json") for n in (0, 1)]
+    assert [(r.cell.precision, r.status, r.reason) for r in records] == [
+        (p, "failed", f"not run: {line.removeprefix('error: ')}") for p in ("fp16", "q4_0")]
+    assert (sweep / "slurm.log").read_text().count(SACCT_COMPLAINT) <= 1  # said once, in the sweep's Slurm log
+
+
+def test_jobs_are_named_runner_and_sacct_stays_off_the_console(tmp_path):
+    proc = _sweep([*SLURM, "format=gguf", "precision=fp16", *FAST], tmp_path)
+    out, err = _finish(proc, timeout=60, root=tmp_path)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert SACCT_COMPLAINT not in out + err, out + err
+    sweep = sweep_dirs(tmp_path)[0]
+    (script,) = sweep.glob(".submitit/*/*_submission.sh")
+    assert "#SBATCH --job-name=runner\n" in script.read_text()
+    job = script.name.split("_")[0]
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    assert re.search(r"JobName=runner\b", shown), shown  # what squeue and sacct list
+    assert (sweep / "0" / "runner.log").is_file() and not list(sweep.glob("*/__main__.log"))
+    assert (sweep / "slurm.log").read_text().count(SACCT_COMPLAINT) <= 1

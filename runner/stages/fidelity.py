@@ -9,12 +9,14 @@ This module builds both of its cache keys (`baseline_key`, `score_key`).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runner.backends.base import Session
+from runner.cell import DEFAULT_FIDELITY_TEXT, parse_top_k
 from runner.contract import ChatRenderer, token_ids_sha
 from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
@@ -22,42 +24,42 @@ from runner.records import FidelityResult, from_dict
 from runner.stages.generate import GenerationStage, runtime_key
 from runner.store import Entry, Store
 
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "fidelity_eval.txt"
 # Bump whenever log-prob extraction, the stored baseline format, scoring code or the result record changes.
-FIDELITY_CODE_VERSION = 2
+FIDELITY_CODE_VERSION = 3
 BASELINE_KIND, SCORE_KIND = "fidelity-baseline", "fidelity"  # store kinds
 
 
-def parse_top_k(value: Any) -> int | None:
-    """`fidelity.top_k`: a positive integer, or `all` (None: the full vocabulary, exact KLD)."""
-    if str(value).lower() == "all":
-        return None
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        k = 0
-    if k < 1:
-        raise ValueError(f"fidelity.top_k must be a positive integer or all, got {value!r}")
-    return k
+@dataclass(frozen=True)
+class EvalChunks:
+    """The eval text as the token-id chunks both engines score, identical for every cell."""
+
+    chunks: list[list[int]]
+    sha: str  # of every chunk's ids, BOS included
+    bos_first: bool  # each chunk starts with the model's BOS (its tokenizer adds one)
 
 
-def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> tuple[list[list[int]], str]:
-    """Tokenize the eval text once and split it into chunks; (chunks, sha of the token ids)."""
-    path = Path(fid_cfg.get("text") or DEFAULT_TEXT)
+def eval_chunks(fid_cfg: dict[str, Any], renderer: ChatRenderer) -> EvalChunks:
+    """Tokenize the eval text once and cut it into `chunk_len` chunks.
+
+    Where the model's tokenizer adds a BOS, every chunk starts with it, as llama-perplexity does: the text
+    is tokenized with its BOS and the first token of each later chunk is replaced by BOS. A model trained
+    with a BOS is out of distribution without one (Gemma's KLD was overstated 2-5x).
+    """
+    path = Path(fid_cfg.get("text") or DEFAULT_FIDELITY_TEXT)
     if not path.is_file():
         raise FileNotFoundError(f"fidelity.text: file not found: {path}")
     renderer.tokenizer.model_max_length = 1 << 62  # the text is chunked below; silence the over-length warning
-    ids = renderer.encode(path.read_text())
+    bos = renderer.bos_id()
+    ids = ([bos] if bos is not None else []) + renderer.encode(path.read_text())
     n, chunk_len = int(fid_cfg["tokens"]), int(fid_cfg["chunk_len"])
-    if chunk_len < 2:
-        raise ValueError(f"fidelity.chunk_len must be >= 2, got {chunk_len}")
     ids = ids[:n] if n > 0 else ids
     if len(ids) < chunk_len:
         raise ValueError(f"fidelity.text {path} has {len(ids)} tokens (of fidelity.tokens={n}), "
                          f"shorter than one chunk (fidelity.chunk_len={chunk_len})")
     chunks = [ids[i:i + chunk_len] for i in range(0, len(ids) - chunk_len + 1, chunk_len)]
-    sha = token_ids_sha([t for c in chunks for t in c])
-    return chunks, sha
+    if bos is not None:
+        chunks = [[bos, *c[1:]] for c in chunks]
+    return EvalChunks(chunks, token_ids_sha([t for c in chunks for t in c]), bos is not None)
 
 
 def baseline_key(base: GenerationStage, chunks: list[list[int]], tokens_sha: str, top_k: int | None) -> dict[str, Any]:
@@ -110,7 +112,8 @@ def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, 
 
     One model is in memory at a time: `own` is closed while the baseline's log-probs are computed.
     """
-    chunks, sha = eval_chunks(fid_cfg, renderer)
+    text = eval_chunks(fid_cfg, renderer)
+    chunks, sha = text.chunks, text.sha
     top_k = parse_top_k(fid_cfg.get("top_k", 256))
     if base is not own:
         own.close()
@@ -121,5 +124,6 @@ def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, 
     result = store.lookup(SCORE_KIND, payload)
     if result is None:
         scored = score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, name, sha, top_k)
+        scored.bos_first = text.bos_first
         result = store.put_json(SCORE_KIND, payload, dataclasses.asdict(scored))
     return from_dict(FidelityResult, result.manifest["record"])

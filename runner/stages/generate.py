@@ -21,13 +21,15 @@ log = logging.getLogger(__name__)
 
 # Bump whenever sampling, stopping, timing or decoding code changes: cached answers made by older code are
 # then regenerated instead of reused (a sampler fix must not reuse old sampled answers).
-GENERATION_CODE_VERSION = 2
+GENERATION_CODE_VERSION = 3
 KIND = "generations"  # store kind
 
 
 def runtime_key(runtime: RuntimeInfo) -> dict[str, Any]:
-    """The part of a resolved runtime that can change tokens or log-probs."""
-    return {"device": runtime.device, "compute_dtype": runtime.compute_dtype, **runtime.settings}
+    """The part of a resolved runtime that can change tokens or log-probs: the engine and its versions, the
+    device, the compute dtype and the engine settings but thread counts (they do not change outputs)."""
+    return {"engine": runtime.engine, "device": runtime.device, "compute_dtype": runtime.compute_dtype,
+            **runtime.output_settings()}
 
 
 def generation_key(artifact: ArtifactInfo, runtime: RuntimeInfo, rendered: RenderedPrompt, sampler: SamplerParams,
@@ -44,13 +46,15 @@ class GenerationStage:
         self.ctx, self.backend, self.artifact, self.format_cfg = ctx, backend, artifact, format_cfg
         self.runtime = backend.runtime(format_cfg, artifact)
         self.runtime.parallel_jobs = ctx.parallel_jobs
-        self.measured_on = measured_on(ctx.host, self.runtime.device)
+        self.measured_on = measured_on(ctx.host, self.runtime)
         self._session: Session | None = None
 
     def session(self) -> Session:
+        """The loaded model, warmed up (also when it is loaded for fidelity only)."""
         if self._session is None:
             reset_peak_rss()
             self._session = self.backend.load(self.artifact, self.format_cfg).__enter__()
+            base.warm_up(self._session, self.ctx.rendered[self.ctx.prompts[0].id].token_ids)
         return self._session
 
     def close(self) -> None:
