@@ -13,8 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner import progress
-from runner.collect import collect
-from runner.headline import print_summary
+from runner.analysis.collect import collect
+from runner.analysis.headline import print_summary
 from runner.judges import make_judge
 from runner.progress import SweepMonitor
 from runner.rejudge import judge_deferred

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from runner.cell import load_option
-from runner.collect import collect
+from runner.analysis.collect import collect
 from runner.identity import answer_key, find_baseline, is_build, override_key
 from runner.judges import make_judge
 from runner.records import CellRecord, write_record

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from runner import progress
-from runner.headline import print_summary
+from runner.analysis.headline import print_summary
 from runner.secrets import check_overrides
 from runner.sweep import load_sweep
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             return _resume(load_sweep(args.sweep_dir))
         if args.command == "compare":
-            from runner.compare import run
+            from runner.analysis.compare import run
 
             return run(load_sweep(args.a), load_sweep(args.b), args.out)
         from runner.reproduce import reproduce
@@ -88,7 +88,7 @@ def _resume(sweep) -> int:  # type: ignore[no-untyped-def]
         return 1 if callbacks.FAILED_CELLS or callbacks.END_ERRORS else 0
     print(f"nothing to resume: every job of {sweep.dir} finished (ok or skipped)")
     if judge_deferred(sweep):  # a detached sweep's end-of-sweep judging (judge.where=end)
-        from runner.collect import collect
+        from runner.analysis.collect import collect
 
         print_summary(collect(sweep.dir), sweep.dir, progress.console(), load_sweep(sweep.dir).baseline())
     return 0

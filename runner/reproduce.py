@@ -14,13 +14,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from runner.collect import collect
+from runner.analysis.collect import collect
 from runner.identity import answer_key
-from runner.matrix_stats import DELTAS
+from runner.analysis.matrix_stats import DELTAS
 from runner.metrics.stats import paired_prompt_delta
 from runner.pipeline import run_cell
 from runner.records import CellRecord
-from runner.report import fmt
+from runner.analysis.report import fmt
 from runner.stages import fidelity, generate
 from runner import progress
 from runner.cell import Cell

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from conftest import REPO, run_runner, sweep_dirs
-from runner.answer_view import word_diff
-from runner.collect import collect
+from runner.analysis.answer_view import word_diff
+from runner.analysis.collect import collect
 from runner.judges.rubric import CRITERIA
 from runner.records import read_cell_record
-from runner.samples import COLUMNS
+from runner.analysis.samples import COLUMNS
 from runner.testing.fault_server import FaultServerProcess
 
 ATTACK = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_runner, sweep_dirs
-from runner.compare import (Cell, CompareError, compare, fidelity_delta, match, model_keys, paired_results,
+from runner.analysis.compare import (Cell, CompareError, compare, fidelity_delta, match, model_keys, paired_results,
                             sections)
-from runner.matrix_stats import speed_tag
+from runner.analysis.matrix_stats import speed_tag
 from runner.records import (CellIdentity, CellRecord, FidelityResult, Generation, Judgment, ModelSourceInfo,
                             PromptResult, read_cell_record)
 from runner.replay import main

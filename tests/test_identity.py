@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runner.matrix import missing_row
+from runner.analysis.matrix import missing_row
 from runner.sweep import Job
 from runner.identity import build_id, parse_build_id, parse_override
 
@@ -40,7 +40,7 @@ def test_version_1_records_are_read_and_collected(tmp_path):
 
     import pandas as pd
 
-    from runner.collect import main as collect
+    from runner.analysis.collect import main as collect
     from runner.records import read_cell_record
 
     sweep = shutil.copytree(Path(__file__).parent / "data" / "v1_sweep", tmp_path / "v1")

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, run_runner, sweep_dirs
 from runner.records import read_cell_record
-from runner.collect import main as collect_main
+from runner.analysis.collect import main as collect_main
 from runner.replay import main
 from runner.testing.fault_server import FaultServerProcess
 
@@ -187,7 +187,7 @@ def test_collect_a_copy_elsewhere_without_engines(sweep, tmp_path):
     copy = shutil.copytree(sweep, tmp_path / "elsewhere" / "sweep", ignore=shutil.ignore_patterns("rejudge-*"))
     for name in ("matrix.csv", "matrix.md", "report.md", "report.html", "pareto.png"):
         (copy / name).unlink()
-    code = ("import sys; from runner.collect import main; rc = main([sys.argv[1]]); "
+    code = ("import sys; from runner.analysis.collect import main; rc = main([sys.argv[1]]); "
             "assert not {'mlx', 'llama_cpp'} & {m.split('.')[0] for m in sys.modules}, 'an engine was imported'; "
             "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(copy)], cwd=tmp_path, capture_output=True, text=True,

@@ -10,10 +10,10 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from runner import findings
-from runner.matrix import build_matrix
+from runner.analysis import findings
+from runner.analysis.matrix import build_matrix
 from runner.records import CheckOutcome
-from runner.report import write_report
+from runner.analysis.report import write_report
 from test_summary import answer, cell_record  # the synthetic record builder (tests/ is on sys.path)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -147,7 +147,7 @@ def test_html_escapes_everything_from_the_sweep(tmp_path):
 
 
 def test_matrix_md_shows_the_headline_columns_and_csv_keeps_all(tmp_path):
-    from runner.matrix import HEADLINE, write_matrix
+    from runner.analysis.matrix import HEADLINE, write_matrix
 
     df = build_matrix(sweep_records(), baseline="gguf_fp16")
     write_matrix(df, tmp_path)

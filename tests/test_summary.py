@@ -12,8 +12,8 @@ from runner.identity import find_baseline
 from runner.records import (ArtifactInfo, CellIdentity, CellRecord, FidelityResult, Generation, GenerationContract,
                             HostInfo, Judgment, PromptResult, RuntimeInfo, SamplerParams)
 from runner.speed import speed_stats
-from runner.findings import parallel_cells
-from runner.matrix_stats import judge_noise, stat_columns
+from runner.analysis.findings import parallel_cells
+from runner.analysis.matrix_stats import judge_noise, stat_columns
 
 CATEGORIES = ("code", "factual")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from runner.matrix_stats import JudgeNoise, judge_noise
+from runner.analysis.matrix_stats import JudgeNoise, judge_noise
 from runner.records import CellRecord, GenerationContract
 
 

@@ -22,12 +22,12 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-from runner import answer_view
+from runner.analysis import answer_view
 from runner.identity import build_id, parse_build_id, precision_label
 from runner.judges.rubric import CRITERIA
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, POWER, min_prompts_for_significance
-from runner.findings import SweepFindings
-from runner.matrix_stats import ALPHA, FAMILIES, LEVEL, N_BOOT, TARGETS
+from runner.analysis.findings import SweepFindings
+from runner.analysis.matrix_stats import ALPHA, FAMILIES, LEVEL, N_BOOT, TARGETS
 
 MAX_KLD = 0.05  # default recommendation thresholds; see `write_report`
 MIN_TOP1 = 90.0

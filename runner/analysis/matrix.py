@@ -14,7 +14,7 @@ import pandas as pd
 
 from runner.identity import IDENTITY_GROUPS, parse_override, precision_label
 from runner.judges.aggregate import judge_columns, pairwise_columns
-from runner.matrix_stats import stat_columns
+from runner.analysis.matrix_stats import stat_columns
 from runner.records import CellRecord
 from runner.sweep import Job, Sweep
 
@@ -108,7 +108,7 @@ def sweep_matrix(sweep: Sweep) -> pd.DataFrame:
 
 def build_matrix(records: list[CellRecord], extra_rows: list[dict[str, Any]] = (),
                  baseline: str | None = None) -> pd.DataFrame:
-    """One row per cell; statistics columns (runner.matrix_stats) beside their means, deltas vs `baseline`."""
+    """One row per cell; statistics columns (runner.analysis.matrix_stats) beside their means, deltas vs `baseline`."""
     stats = stat_columns(records, baseline)
     df = pd.DataFrame([record_row(r) | s for r, s in zip(records, stats)] + list(extra_rows))
     if df.empty:

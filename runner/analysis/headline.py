@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.progress import cell_label
-from runner.report import MAX_KLD, MIN_TOP1, Report, fmt
+from runner.analysis.report import MAX_KLD, MIN_TOP1, Report, fmt
 
 COLUMNS = {"Size GB": "size_gb", "Bits/weight": "bits_per_weight", "KLD": "kld_mean", "Top-1 %": "top1_pct"}
 

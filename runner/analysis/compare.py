@@ -8,7 +8,7 @@ Several cells of one build in a sweep are told apart by the settings that vary a
 For each pair of ok cells, every value is B − A:
   d_<m> (+ _lo _hi _p _sig _mdd _n)  per-answer metrics paired by (prompt id, repeat) on the answers whose
                                     prompt text is the same on both sides: prompt-bootstrap CI, sign-flip p,
-                                    `_sig` Holm-adjusted within runner.matrix_stats.FAMILIES across all pairs
+                                    `_sig` Holm-adjusted within runner.analysis.matrix_stats.FAMILIES across all pairs
   agreement_pct, similarity_pct    identical token ids (share of answers) and token similarity, A vs B
   d_kld_mean (+ _lo _hi), d_top1_pct  fidelity, each side vs its own sweep's baseline, not paired per prompt
   d_size_gb, d_bits_per_weight     plain differences (deterministic)
@@ -30,11 +30,11 @@ from omegaconf import OmegaConf
 
 from runner.identity import answer_key, parse_override, precision_label
 from runner.judges.rubric import CRITERIA
-from runner.matrix_stats import ALPHA, DELTAS, FAMILIES, LEVEL, N_BOOT, SPEED, by_prompt, significance, speed_tag
+from runner.analysis.matrix_stats import ALPHA, DELTAS, FAMILIES, LEVEL, N_BOOT, SPEED, by_prompt, significance, speed_tag
 from runner.metrics.fidelity import answer_agreement
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, cluster_mean_ci, min_prompts_for_significance, paired_prompt_delta
 from runner.records import CellRecord, FidelityResult, PromptResult
-from runner.report import NOT_DISTINCT, Section, fmt, render_html, render_markdown, signed
+from runner.analysis.report import NOT_DISTINCT, Section, fmt, render_html, render_markdown, signed
 from runner.secrets import secret_in
 from runner.sweep import Job, Sweep
 

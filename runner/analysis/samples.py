@@ -12,7 +12,7 @@ import pandas as pd
 from runner.identity import answer_key, build_id, find_baseline
 from runner.judges.aggregate import pairwise_outcomes
 from runner.judges.rubric import CRITERIA
-from runner.matrix_stats import MEANS
+from runner.analysis.matrix_stats import MEANS
 from runner.metrics.fidelity import answer_agreement
 from runner.records import CellRecord, PromptResult
 
