@@ -16,7 +16,9 @@ from runner import progress
 from runner.analysis import findings
 from runner.analysis.headline import print_summary
 from runner.analysis.matrix import sweep_matrix, write_matrix
-from runner.analysis.report import MAX_KLD, MIN_TOP1, labels_by_job, write_report
+from runner.analysis.report import write_report
+from runner.analysis.report_format import labels_by_job
+from runner.analysis.report_recommendation import MAX_KLD, MIN_TOP1
 from runner.analysis.samples import sample_rows, write_samples
 from runner.sweep import SweepError, load_sweep
 

@@ -34,7 +34,8 @@ from runner.analysis.matrix_stats import ALPHA, DELTAS, FAMILIES, LEVEL, N_BOOT,
 from runner.metrics.fidelity import answer_agreement
 from runner.metrics.stats import MIN_PROMPTS_FOR_CI, cluster_mean_ci, min_prompts_for_significance, paired_prompt_delta
 from runner.records import CellRecord, FidelityResult, PromptResult
-from runner.analysis.report import NOT_DISTINCT, Section, fmt, render_html, render_markdown, signed
+from runner.analysis.report_format import NOT_DISTINCT, fmt, signed
+from runner.analysis.report_render import Section, render_html, render_markdown
 from runner.secrets import secret_in
 from runner.sweep import Job, Sweep
 

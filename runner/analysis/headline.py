@@ -12,7 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.progress import cell_label
-from runner.analysis.report import MAX_KLD, MIN_TOP1, Report, fmt
+from runner.analysis.report_data import ReportData
+from runner.analysis.report_format import fmt
+from runner.analysis.report_overview import requantized
+from runner.analysis.report_recommendation import MAX_KLD, MIN_TOP1, recommendation
 
 COLUMNS = {"Size GB": "size_gb", "Bits/weight": "bits_per_weight", "KLD": "kld_mean", "Top-1 %": "top1_pct"}
 
@@ -67,11 +70,8 @@ def print_summary(df: pd.DataFrame, out_dir: Path, out: Console, baseline: str |
     if len(skipped):
         out.print(escape(f"skipped ({len(skipped)}): " + ", ".join(cell_label(r["format"], r["precision"], _artifact(r))
                                                                  for _, r in skipped.iterrows())))
-    report = Report(df, None, baseline, max_kld, min_top1)
-    for line in report.requantized():
-        out.print(_markup(line))
-    lines, _ = report.recommendation()
-    for line in lines:
+    data = ReportData(df, None, baseline, max_kld, min_top1)
+    for line in requantized(data) + recommendation(data)[0]:
         out.print(_markup(line))
     for _, r in df[df["status"] == "failed"].iterrows():
         out.print(f"[red]failed[/red] {escape(cell_label(r['format'], r['precision'], _artifact(r)))}: "
