@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pathlib import Path
@@ -15,6 +15,7 @@ from runner.locks import LOCK_KINDS
 from runner.records import CellIdentity, SamplerParams
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+VERDICT_SIGNALS = ("overall", "check_pass", "pairwise_net")  # the quality signals a verdict is given on
 DEFAULT_FIDELITY_TEXT = Path(__file__).resolve().parent / "data" / "fidelity_eval.txt"
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Cell:
     store_lease_s: float = 60.0
     artifact_path: str | None = None  # precision=prebuilt: artifact.path
     duplicate_of: str | None = None  # a non-prebuilt cell repeated by an artifact.path sweep: the value it runs with
+    margins: dict[str, float] = field(default_factory=dict)  # verdict.margins
 
     @classmethod
     def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
@@ -93,7 +95,8 @@ class Cell:
         return cls(ident, plain["model"], plain["format"], plain["precision"], plain["generation"], plain["prompts"],
                    plain["judge"], plain.get("fidelity") or {"enabled": False}, int(plain["seed"]),
                    int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]),
-                   str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)), artifact)
+                   str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)), artifact,
+                   margins=dict((plain.get("verdict") or {}).get("margins") or {}))
 
     def invalid_reason(self) -> str | None:
         """Why this format × precision pair cannot run (a skip, not an error), or None."""
@@ -168,6 +171,11 @@ class Cell:
                 raise FileNotFoundError(f"artifact.path: no such file or folder: {self.artifact_path}")
         if self.fidelity.get("enabled"):
             check_fidelity_config(self.fidelity)
+        for signal, margin in self.margins.items():
+            if signal not in VERDICT_SIGNALS:
+                raise ValueError(f"verdict.margins.{signal}: not a quality signal (one of {', '.join(VERDICT_SIGNALS)})")
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+                raise ValueError(f"verdict.margins.{signal} must be a number > 0, got {margin!r}")
         if warn and self.repeats > 1 and float(g["temperature"]) == 0.0:
             log.warning("repeats=%d with greedy decoding (temperature 0) repeats identical answers; "
                         "use generation=sampled for confidence intervals over seeds", self.repeats)

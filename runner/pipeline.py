@@ -66,6 +66,7 @@ class CellRun:
     def run(self) -> CellRecord:
         cell, rec = self.cell, self.record
         rec.versions = versions.collect()
+        rec.margins = dict(cell.margins)
         rec.host = host_info()
         t0 = time.time()
         with self.stack:

@@ -232,6 +232,7 @@ class FidelityResult:
     n_chunks: int = 0
     top_k: int | None = None  # baseline log-probs kept per position; None: the full vocabulary (exact KLD)
     bos_first: bool = False  # every chunk started with the model's BOS (its tokenizer adds one)
+    key: str = ""  # the store entry of this score: two records with one key read the same measurement
 
 
 @dataclass
@@ -266,6 +267,7 @@ class CellRecord:
     judge_reference: str = "none"  # what the judge compared answers with: none | prompt | baseline
     judge_note: str | None = None  # why this cell has no judge scores, or what went wrong judging it
     judge_pending: bool = False  # judge.where=end: the submitting process judges it when the sweep ends
+    margins: dict[str, float] = field(default_factory=dict)  # verdict.margins: the loss that makes a build worse
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     windows: dict[str, list[float]] = field(default_factory=dict)  # stage → [start, end] epoch seconds

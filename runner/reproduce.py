@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from runner.analysis.collect import collect
 from runner.identity import answer_key
 from runner.analysis.matrix_stats import DELTAS
-from runner.metrics.stats import paired_prompt_delta
+from runner.metrics.paired import paired_prompt_delta
 from runner.pipeline import run_cell
 from runner.records import CellRecord
 from runner.analysis.report import fmt
@@ -113,12 +113,12 @@ def _speed(pairs: list[tuple[Any, Any]]) -> tuple[bool, str]:
         new.setdefault(n.prompt_id, []).append(get(n))
     d = paired_prompt_delta(old, new)
     valid = [x for v in old.values() for x in v if not math.isnan(x)]
-    if not d["n"] or not valid:
+    if not d.n or not valid:
         return True, "speed not comparable (no answer longer than one token)"
     base = sum(valid) / len(valid)
-    ci = f" [{100 * d['lo'] / base:+.1f}%, {100 * d['hi'] / base:+.1f}%]" if not math.isnan(d["lo"]) else ""
-    pct = f"{100 * d['delta'] / base:+.1f}%{ci}, sign-flip p={d['p']:.2g}"
-    if d["p"] <= 0.05:
+    ci = f" [{100 * d.lo / base:+.1f}%, {100 * d.hi / base:+.1f}%]" if not math.isnan(d.lo) else ""
+    pct = f"{100 * d.delta / base:+.1f}%{ci}" + (f", p={d.p:.2g}" if not math.isnan(d.p) else "")
+    if d.p <= 0.05:
         return False, f"gen tok/s changed beyond noise ({pct})"
     return True, f"gen tok/s within noise ({pct})"
 

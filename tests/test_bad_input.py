@@ -145,3 +145,12 @@ def test_a_failing_matrix_at_the_end_of_a_sweep_exits_1_with_one_clear_line(tmp_
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "building the matrix and report" in errors[0] and "matrix.csv" in errors[0]
     assert read_cell_record(sweep / "0" / "result.json").status == "ok"  # the cell's work is kept
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("verdict.margins.overall=-1", "verdict.margins.overall must be a number > 0, got -1"),
+    ("+verdict.margins.speed=5", "verdict.margins.speed: not a quality signal"),
+])
+def test_bad_verdict_margin_is_refused_before_any_cell_runs(tmp_path, setting, message):
+    proc = run_runner([*NO_FID, setting], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "nothing was run" in proc.stderr, proc.stderr

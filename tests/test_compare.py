@@ -3,18 +3,20 @@ build, deltas against hand computations, refusals and escaping; the delta math o
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 import pytest
 
 from conftest import REPO, run_runner, sweep_dirs
-from runner.analysis.compare import (Cell, CompareError, compare, fidelity_delta, match, model_keys, paired_results,
+from runner.analysis.compare import (Cell, CompareError, compare, delta_text, fidelity_delta, match, model_keys, paired_results,
                             sections)
 from runner.analysis.matrix_stats import speed_tag
 from runner.records import (CellIdentity, CellRecord, FidelityResult, Generation, Judgment, ModelSourceInfo,
@@ -127,22 +129,24 @@ def test_deltas_equal_hand_computations(sweep_a, sweep_b):
     assert row["speed_compared"] is True
     assert row["d_gen_tps"] == pytest.approx(np.nanmean(diffs))
     assert row["d_s_per_prompt"] == pytest.approx(np.mean([y.generation.wall_s - x.generation.wall_s for x, y in pairs]))
-    fa, fb = a.fidelity, b.fidelity
-    assert fa.n_chunks == 3 and row["d_kld_mean"] == pytest.approx(fb.kld_mean - fa.kld_mean)
-    half = NormalDist().inv_cdf(0.975) * math.hypot(fa.kld_se, fb.kld_se)
-    assert (row["d_kld_mean_lo"], row["d_kld_mean_hi"]) == pytest.approx((row["d_kld_mean"] - half,
-                                                                          row["d_kld_mean"] + half))
-    assert row["d_top1_pct"] == pytest.approx(fb.top1_pct - fa.top1_pct)
+    fa, fb = a.fidelity, b.fidelity  # fidelity does not depend on max_tokens: one cached score, read by both
+    assert fa.key == fb.key and row["same_kld_mean"] is True and math.isnan(row["d_kld_mean"])
+    assert delta_text(row, "kld_mean") == "same measurement (cache)"
     assert row["d_size_gb"] == pytest.approx((b.artifact.size_bytes - a.artifact.size_bytes) / 1e9)
 
 
-def test_a_sweep_against_itself_changes_nothing(sweep_a):
+def test_a_sweep_against_itself_is_the_same_measurement_not_a_zero_delta(sweep_a, tmp_path, capsys):
+    """Both sides read the same store entries: a delta between one cached measurement and itself is no
+    measurement, so no interval is shown, only "same measurement (cache)"."""
     df = compare(load_sweep(sweep_a), load_sweep(sweep_a)).table
     assert list(df["build"]) == ["gguf fp16", "gguf q8_0", "gguf q4_0"]
     assert (df["agreement_pct"] == 100).all() and (df["differs"] == "").all() and df["speed_compared"].all()
-    for m in ("overall", "accuracy", "gen_tps", "s_per_prompt", "kld_mean", "top1_pct", "size_gb", "bits_per_weight"):
-        assert (df[f"d_{m}"] == 0).all(), m
-    assert not df["d_overall_sig"].any() and not df["d_gen_tps_sig"].any()
+    for m in ("overall", "accuracy", "gen_tps", "s_per_prompt", "kld_mean", "top1_pct"):
+        assert df[f"same_{m}"].all() and df[f"d_{m}"].isna().all(), m
+    assert (df["d_size_gb"] == 0).all() and (df["d_bits_per_weight"] == 0).all()  # deterministic, not measured
+    assert main(["compare", str(sweep_a), str(sweep_a), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "same measurement (cache)" in printed and "[+0, +0]" not in printed
 
 
 def test_another_model_is_refused_naming_both(sweep_a, other_model, tmp_path, capsys):
@@ -194,7 +198,7 @@ def test_speed_on_other_hardware_is_left_empty(sweep_a, tmp_path, capsys):
     assert "HARDWARE MISMATCH" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "out" / "compare.csv")
     assert not df["speed_compared"].any() and df["d_gen_tps"].isna().all() and (df["d_gen_tps_n"] == 0).all()
-    assert (df["d_overall"] == 0).all()  # quality still compared
+    assert df["same_overall"].all()  # the copy reads the same judgments: quality is one measurement, not a Δ
     assert "**HARDWARE MISMATCH**" in (tmp_path / "out" / "compare.md").read_text()
 
 
@@ -206,7 +210,7 @@ def test_old_records_without_host_tags_compare_without_speed(tmp_path, capsys):
     assert main(["compare", str(v1), str(v1), "--out", str(tmp_path)]) == 0
     assert "SPEED NOT COMPARABLE" in capsys.readouterr().out
     df = pd.read_csv(tmp_path / "compare.csv")
-    assert (df["d_overall"] == 0).all() and df["d_gen_tps"].isna().all() and (df["agreement_pct"] == 100).all()
+    assert df["same_overall"].all() and df["d_gen_tps"].isna().all() and (df["agreement_pct"] == 100).all()
 
 
 def _result(pid: str, ids: list[int], text: str = "q", overall: int | None = None, repeat: int = 0) -> PromptResult:
@@ -233,9 +237,11 @@ def test_fidelity_delta_ci_from_both_standard_errors():
     def f(kld, se, chunks=4, top1=90.0):
         return FidelityResult("gguf_fp16", 256, kld, se, 0, 0, 0, top1, 1, 1, 0, 0, n_chunks=chunks)
     d = fidelity_delta(f(0.10, 0.03), f(0.04, 0.04, top1=95.0))
-    z = NormalDist().inv_cdf(0.975)
+    t = scipy.stats.t.ppf(0.975, 0.05 ** 4 / (0.03 ** 4 / 3 + 0.04 ** 4 / 3))  # Welch: 4 chunks a side
     assert d["d_kld_mean"] == pytest.approx(-0.06) and d["d_top1_pct"] == pytest.approx(5.0)
-    assert (d["d_kld_mean_lo"], d["d_kld_mean_hi"]) == pytest.approx((-0.06 - z * 0.05, -0.06 + z * 0.05))
+    assert (d["d_kld_mean_lo"], d["d_kld_mean_hi"]) == pytest.approx((-0.06 - t * 0.05, -0.06 + t * 0.05))
+    one = f(0.1, 0.02)
+    assert fidelity_delta(dataclasses.replace(one, key="k"), dataclasses.replace(one, key="k"))["same_kld_mean"]
     for no_ci in (fidelity_delta(f(0.1, math.nan), f(0.2, 0.01)), fidelity_delta(f(0.1, 0.01, chunks=2), f(0.2, 0.01))):
         assert no_ci["d_kld_mean"] == pytest.approx(0.1) and math.isnan(no_ci["d_kld_mean_lo"])
     assert math.isnan(fidelity_delta(None, f(0.1, 0.01))["d_kld_mean"])
@@ -267,14 +273,14 @@ def test_several_cells_of_one_build_pair_by_what_varies_among_them():
     assert pairs[0][0].build == "gguf q4_0 (generation=sampled)"
 
 
-def test_too_few_prompts_can_show_no_significance():
+def test_too_few_prompts_give_no_interval_and_no_significance():
     a = _sweep_of(_record([_result(p, [1], overall=5) for p in ("p1", "p2", "p3")]))
-    b = _sweep_of(_record([_result(p, [1], overall=8) for p in ("p1", "p2", "p3")]))
+    b = _sweep_of(_record([dataclasses.replace(_result(p, [2], overall=8), generation_key="k2")
+                           for p in ("p1", "p2", "p3")]))
     cmp = compare(a, b)
     (row,) = [p.row for p in cmp.pairs]
-    assert row["d_overall"] == 3 and row["d_overall_n"] == 3 and row["d_overall_sig"] is False
-    text = " ".join(t for s in sections(cmp) for t in s.text)
-    assert "With fewer than 6 prompts no Δ can be significant" in text and "at most 3 prompts" in text
+    assert row["d_overall"] == 3 and row["d_overall_n"] == 3 and row["d_overall_sig"] is None
+    assert math.isnan(row["d_overall_lo"]) and delta_text(row, "overall") == "+3"  # a Δ without an interval
 
 
 def test_pairwise_verdicts_are_said_not_compared(sweep_a, tmp_path):

@@ -139,3 +139,22 @@ def test_judging_at_the_end_of_a_sweep_and_of_a_detached_one(tmp_path):
         assert server.stats()["requests"] == 14  # judged again from the judgment cache: no new call
     assert (pd.read_csv(sweep / "matrix.csv").judged == "7/7").all()
     assert not any(read_cell_record(p).judge_pending for p in sweep.glob("*/result.json"))
+
+
+def test_a_random_judge_on_seven_prompts_proves_nothing(tmp_path):
+    """The fault app scores every request uniformly at random (1-10): on the seed suite's 7 prompts no build may be
+    called not worse than the baseline, and the answer says the judge cannot establish it (issue 19)."""
+    with FaultServerProcess(fault_rate=0.0, seed=11) as server:
+        args = ["-m", "format=gguf,mlx", "precision=fp16,q8_0,q4_0", *FAST, "judge=openai", "judge.model=gpt-4o-mini",
+                f"judge.base_url={server.base_url}", "judge.reference=none"]
+        proc = run_runner(args, tmp_path, env={"OPENAI_API_KEY": KEY})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dirs(tmp_path)[0]
+    df = pd.read_csv(sweep / "matrix.csv")
+    judged = df[(df.status == "ok") & ~((df.format == "gguf") & (df.precision == "fp16"))]
+    assert len(judged) == 3 and (judged.d_overall_verdict == "inconclusive").all()
+    assert (judged.d_overall_margin == 0.5).all() and judged.d_overall_n_needed.gt(7).all()
+    report = (sweep / "report.md").read_text()
+    assert "The judge overall cannot show any build not worse than the baseline by 0.5 points: 7 prompts" in report
+    assert "Recommendation (provisional)" in report and report.index("## Verdict") < report.index("## Overview")
+    assert "Recommendation (provisional)" in proc.stdout  # the terminal's answer says so too

@@ -62,7 +62,7 @@ def _result(verdicts: list[tuple[int, str | None]]) -> PromptResult:
 
 def test_outcomes_pair_the_two_orders_repeat_by_repeat():
     r = _result([(0, "build"), (0, "baseline"), (1, "build"), (1, None)])  # two judge repeats, one failed
-    assert pairwise_outcomes(r) == [("win", False)]  # the failed repeat is dropped, never counted as a loss
+    assert pairwise_outcomes(r) == [("win", False, False)]  # the failed repeat is dropped, never counted as a loss
 
 
 def test_pairwise_judge_caches_each_order_and_records_failures_as_null(tmp_path):
@@ -114,9 +114,12 @@ def test_a_pairwise_sweep(tmp_path):
     for key in (("gguf", "q4_0"), ("mlx", "fp16")):
         row = df.loc[key]
         assert row.win_rate + row.tie_rate + row.loss_rate == pytest.approx(100)
-        assert 0 <= row.position_inconsistency <= 100 and row.pairwise_judged == "7/7"
+        assert row.pairwise_judged == "7/7" and 0 <= row.identical_rate <= row.tie_rate
+        # position inconsistency counts only the pairs the judge saw: none when every answer was identical
+        assert pd.isna(row.position_inconsistency) if row.identical_rate == 100 else 0 <= row.position_inconsistency <= 100
         assert row.d_pairwise_net == pytest.approx(row.win_rate - row.loss_rate)
         assert not pd.isna(row.d_pairwise_net_p) and row.d_pairwise_net_sig in (True, False)
+        assert row.d_pairwise_net_verdict in ("not_worse", "worse", "inconclusive") and row.d_pairwise_net_margin == 10
     rec = read_cell_record(sweep / "1" / "result.json")
     assert all(sorted(j.order for j in r.judgments) == [0, 1] for r in rec.results)
     report = (sweep / "report.md").read_text()

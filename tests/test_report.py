@@ -62,7 +62,9 @@ def test_recommendation_follows_the_thresholds(tmp_path):
     loose = report(tmp_path, sweep_records(), max_kld=0.1, min_top1=80.0)
     assert "Recommendation: **gguf q4_0**" in loose and "max_kld=0.1, min_top1=80.0" in loose
     worse = report(tmp_path, sweep_records(q4_overall=5), max_kld=0.1, min_top1=80.0)
-    assert "Recommendation: **gguf q8_0**" in worse and "judge overall worse than baseline (-2 [-2, -2])" in worse
+    assert "Recommendation: **gguf q8_0**" in worse and "judge overall WORSE (the sequence stops here)" in worse
+    assert "| WORSE [-2, -2]" in worse  # the verdict table leads the report
+    assert worse.index("## Verdict") < worse.index("## Overview")
 
 
 def test_contract_mismatch_is_flagged_loudly(tmp_path):
@@ -131,7 +133,8 @@ def test_baseline_reference_mode_is_explained_and_not_self_graded(tmp_path):
     base.judge_note = "baseline cell: not graded against its own answers (judge.reference=baseline)"
     md = report(tmp_path, records)
     assert "**The baseline is not graded against itself**" in md
-    assert "The judge is not part of the recommendation" in md
+    assert "The judge overall cannot show any build not worse than the baseline by 0.5 points here: " \
+           "judge.reference=baseline" in md and "Recommendation (provisional)" in md
     assert "baseline cell: not graded against its own answers" in md
 
 
@@ -179,8 +182,8 @@ def test_a_baseline_that_passes_no_check_is_a_floor_not_evidence(tmp_path):
         for i, r in enumerate(rec.results):  # the baseline fails every check, the others pass some
             r.check = CheckOutcome(passed=rec.cell.precision != "fp16" and i % 2 == 0, detail="x")
     md = report(tmp_path, records)
-    assert "The baseline passes no check" in md
+    assert "the baseline passes no check: a floor, not evidence" in md and "Recommendation (provisional)" in md
     for rec in records:
         for r in rec.results:
             r.check = CheckOutcome(passed=r.prompt_id != "p1", detail="x")
-    assert "The baseline passes no check" not in report(tmp_path, records)
+    assert "the baseline passes no check" not in report(tmp_path, records)

@@ -7,8 +7,9 @@ Several cells of one build in a sweep are told apart by the settings that vary a
 
 For each pair of ok cells, every value is B − A:
   d_<m> (+ _lo _hi _p _sig _mdd _n)  per-answer metrics paired by (prompt id, repeat) on the answers whose
-                                    prompt text is the same on both sides: prompt-bootstrap CI, sign-flip p,
-                                    `_sig` Holm-adjusted within runner.analysis.matrix_stats.FAMILIES across all pairs
+                                    prompt text is the same on both sides: bootstrap-t CI over prompts, its p,
+                                    `_sig` (the CI excludes 0); `same_<m>`: both sides are the same cached
+                                    measurement (same store entries), so no delta is computed
   agreement_pct, similarity_pct    identical token ids (share of answers) and token similarity, A vs B
   d_kld_mean (+ _lo _hi), d_top1_pct  fidelity, each side vs its own sweep's baseline, not paired per prompt
   d_size_gb, d_bits_per_weight     plain differences (deterministic)
@@ -22,17 +23,19 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
+from scipy import stats as sps
 
 from runner.identity import answer_key, parse_override, precision_label
 from runner.judges.rubric import CRITERIA
-from runner.analysis.matrix_stats import ALPHA, DELTAS, FAMILIES, LEVEL, N_BOOT, SPEED, by_prompt, significance, speed_tag
+from runner.analysis.matrix_stats import (MIN_CHUNKS_FOR_CI, WHOLE_OUTCOME, DELTA_SUFFIXES, DELTAS, LEVEL, N_BOOT, SPEED, by_prompt, delta_columns,
+                                          speed_tag)
 from runner.metrics.fidelity import answer_agreement
-from runner.metrics.stats import MIN_PROMPTS_FOR_CI, cluster_mean_ci, min_prompts_for_significance, paired_prompt_delta
+from runner.metrics.paired import paired_prompt_delta
+from runner.metrics.stats import MIN_PROMPTS_FOR_CI, cluster_mean_ci
 from runner.records import CellRecord, FidelityResult, PromptResult
 from runner.analysis.report_format import NOT_DISTINCT, fmt, signed
 from runner.analysis.report_render import Section, render_html, render_markdown
@@ -41,7 +44,7 @@ from runner.sweep import Job, Sweep
 
 RUN_KEYS = ("outputs_root", "store_dir", "store_lock", "store_lease_s", "quiet")  # where, not what: never a difference
 NOT_CONFIG = ("versions.", "runtime.", "host")  # settings() adds these from the record
-STAT_SUFFIXES = ("", "_lo", "_hi", "_p", "_sig", "_mdd", "_n")
+SAME = "same measurement (cache)"  # what a delta between one cached measurement and itself is shown as
 
 
 class CompareError(ValueError):
@@ -234,16 +237,23 @@ def paired_results(a: CellRecord, b: CellRecord) -> tuple[list[tuple[PromptResul
 
 
 def fidelity_delta(fa: FidelityResult | None, fb: FidelityResult | None, level: float = LEVEL) -> dict[str, float]:
-    """d_kld_mean (B − A) with a normal-approximation CI ±z·√(se_A² + se_B²) (none when either SE is missing or
-    from fewer than MIN_PROMPTS_FOR_CI chunks), d_top1_pct (no CI). Not paired per prompt."""
+    """d_kld_mean (B − A) with a CI ±t·√(se_A² + se_B²) (Welch's degrees of freedom from the two chunk counts;
+    none when either SE is missing or from fewer than MIN_CHUNKS_FOR_CI chunks), d_top1_pct (no CI). Not paired
+    per prompt. Both sides the same cached score: `same_kld_mean`, no delta."""
+    empty = {"d_kld_mean": math.nan, "d_kld_mean_lo": math.nan, "d_kld_mean_hi": math.nan, "d_top1_pct": math.nan}
     if fa is None or fb is None:
-        return {"d_kld_mean": math.nan, "d_kld_mean_lo": math.nan, "d_kld_mean_hi": math.nan, "d_top1_pct": math.nan}
+        return empty
+    if fa.key and fa.key == fb.key:  # one cached score, read twice
+        return {**empty, "same_kld_mean": True, "same_top1_pct": True}
     d = fb.kld_mean - fa.kld_mean
     se = math.sqrt(fa.kld_se ** 2 + fb.kld_se ** 2)
-    enough = min(fa.n_chunks, fb.n_chunks) >= MIN_PROMPTS_FOR_CI and math.isfinite(se)
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    return {"d_kld_mean": d, "d_kld_mean_lo": d - z * se if enough else math.nan,
-            "d_kld_mean_hi": d + z * se if enough else math.nan, "d_top1_pct": fb.top1_pct - fa.top1_pct}
+    enough = min(fa.n_chunks, fb.n_chunks) >= MIN_CHUNKS_FOR_CI and math.isfinite(se)
+    # Welch-Satterthwaite degrees of freedom of the two chunk-mean SEs
+    df = (se ** 4 / (fa.kld_se ** 4 / (fa.n_chunks - 1) + fb.kld_se ** 4 / (fb.n_chunks - 1))
+          if enough and se > 0 else math.inf)
+    t = sps.t.ppf((1 + level) / 2, df) if enough else math.nan
+    return {"d_kld_mean": d, "d_kld_mean_lo": d - t * se if enough else math.nan,
+            "d_kld_mean_hi": d + t * se if enough else math.nan, "d_top1_pct": fb.top1_pct - fa.top1_pct}
 
 
 def _size(rec: CellRecord) -> tuple[float, float]:
@@ -281,15 +291,22 @@ def pair_row(build: str, ca: Cell, cb: Cell, n_boot: int = N_BOOT, level: float 
     row["agreement_n"] = len({pid for pid, _ in agree})
     tag_a, tag_b = speed_tag(a), speed_tag(b)
     row["speed_compared"] = same_hardware = tag_a is not None and tag_a == tag_b
+    same_answers = bool(pairs) and all(x.generation_key == y.generation_key for x, y in pairs)
+    same_verdicts = same_answers and all([j.key for j in x.judgments] == [j.key for j in y.judgments]
+                                         for x, y in pairs)
     for name, get in DELTAS.items():
         if name in CRITERIA + ("check_pass",) and not (_has(ra, name) and _has(rb, name)):
             continue  # not judged / not checked on both sides
-        if name in SPEED and not same_hardware:
-            row.update({f"d_{name}{s}": math.nan for s in STAT_SUFFIXES if s not in ("_sig", "_n")} | {f"d_{name}_n": 0})
+        if same_verdicts if name in CRITERIA else same_answers:  # the same store entries on both sides
+            row.update({f"d_{name}{s}": math.nan for s in DELTA_SUFFIXES if s != "_n"}
+                       | {f"d_{name}_n": 0, f"same_{name}": True})
             continue
-        d = paired_prompt_delta(by_prompt(ra, get, name, tag_a), by_prompt(rb, get, name, tag_b), n_boot, level)
-        row.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"], f"d_{name}_p": d["p"],
-                    f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
+        if name in SPEED and not same_hardware:
+            row.update({f"d_{name}{s}": math.nan for s in DELTA_SUFFIXES if s != "_n"} | {f"d_{name}_n": 0})
+            continue
+        d = paired_prompt_delta(by_prompt(ra, get, name, tag_a), by_prompt(rb, get, name, tag_b),
+                                WHOLE_OUTCOME.get(name), n_boot, level)
+        row.update(delta_columns(name, d))
     if parallel := [side for side, rec in (("A", a), ("B", b)) if rec.speed and rec.speed.parallel_jobs > 1]:
         notes.append(f"{build}: speed in {' and '.join(parallel)} was measured while other cells ran on the same host "
                      "(a parallel launcher): its speed Δ is not a fair comparison.")
@@ -330,7 +347,6 @@ def compare(a: Sweep, b: Sweep, n_boot: int = N_BOOT, level: float = LEVEL) -> C
         said = "; ".join(f"{k}: {_show(va)} → {_show(vb)}" for k, (va, vb) in differs.items())
         row = {**dict(list(row.items())[:7]), "differs": said, **row}  # after build, statuses, jobs, reasons
         pairs.append(Pair(ca.build, ca, cb, differs, row, notes))
-    significance([p.row for p in pairs], 1.0 - level)
     notes = []
     hardware = {(_where(p.a.record), _where(p.b.record)) for p in pairs
                 if p.a.record and p.b.record and p.row.get("speed_compared") is False}
@@ -354,7 +370,10 @@ def compare(a: Sweep, b: Sweep, n_boot: int = N_BOOT, level: float = LEVEL) -> C
 
 
 def delta_text(row: dict[str, Any] | pd.Series, metric: str) -> str:
-    """'Δ [lo, hi]' with ≈ when the CI includes 0; 'Δ' alone without a CI; '–' when there is none."""
+    """'Δ [lo, hi]' with ≈ when the CI includes 0; 'Δ' alone without a CI; '–' when there is none; SAME when both
+    sides are one cached measurement."""
+    if row.get(f"same_{metric}") is True:
+        return SAME
     d = row.get(f"d_{metric}")
     if d is None or (isinstance(d, float) and math.isnan(d)):
         return "–"
@@ -417,14 +436,10 @@ def sections(cmp: Comparison) -> list[Section]:
     else:
         out.append(Section("What differs", ["Nothing: the matched cells ran with the same settings, tool versions, "
                                             "device and host."]))
-    min_n = min_prompts_for_significance(ALPHA)
-    ns = [p.row.get(f"d_{m}_n", 0) for p in cmp.pairs for m in ("overall", "check_pass")
-          if f"d_{m}_n" in p.row]
-    power = [f"With fewer than {min_n} prompts no Δ can be significant (the sign-flip test's smallest p is 2/2ⁿ); "
-             f"here at most {max(ns)} prompts were paired."] if ns and max(ns) < min_n else []
-    text = [f"Every Δ is B − A. {NOT_DISTINCT}: the {LEVEL:.0%} CI includes 0; *: significant (Holm-adjusted "
-            f"sign-flip p ≤ {ALPHA:g} within each family across all builds). Same answers: share of paired answers "
-            "with identical token ids (100: the outputs did not change).", *power, *cmp.notes]
+    text = [f"Every Δ is B − A. {NOT_DISTINCT}: the {LEVEL:.0%} CI includes 0; *: it excludes 0 (per comparison). "
+            f"“{SAME}”: both sides read the same store entries (answers, verdicts or fidelity scores), so there is "
+            "nothing to compare. Same answers: share of paired answers with identical token ids (100: the outputs "
+            "did not change).", *cmp.notes]
     out.append(Section("Deltas (B − A)", text, headline(cmp) if cmp.pairs else None))
     per_build = [{"Build": p.build, "Differs": p.row["differs"]} for p in cmp.pairs if p.row["differs"]]
     if per_build and any(p.row["differs"] != cmp.pairs[0].row["differs"] for p in cmp.pairs):
@@ -432,8 +447,8 @@ def sections(cmp: Comparison) -> list[Section]:
     pair_notes = [n for p in cmp.pairs for n in p.notes]
     out.append(Section("Fidelity and speed", [
         "KLD and top-1 are each side's distance from its own sweep's baseline cell, **not paired per prompt**: Δ is "
-        f"B − A with a normal-approximation CI ±z·√(se_A² + se_B²) from the per-chunk SEs (none below "
-        f"{MIN_PROMPTS_FOR_CI} chunks); top-1 has no CI. Size and bits/weight are plain differences (deterministic).",
+        f"B − A with a CI ±t·√(se_A² + se_B²) from the per-chunk SEs (Welch's degrees of freedom; none below "
+        f"{MIN_CHUNKS_FOR_CI} chunks); top-1 has no CI. Size and bits/weight are plain differences (deterministic).",
         "Speed (gen tok/s, s/prompt) is paired per answer like the quality metrics, only when both cells ran on the "
         "same hardware (host fingerprint) and engine device.", *pair_notes]))
     bad = [p for p in cmp.pairs if not p.a.status == p.b.status == "ok"]
@@ -447,11 +462,11 @@ def sections(cmp: Comparison) -> list[Section]:
             if only else None))
     out.append(Section("Statistics", [
         f"Per-answer metrics (judge criteria, check pass rate, gen tok/s, s/prompt) are paired by (prompt id, repeat) "
-        f"on answers with the same prompt text; the unit is the prompt: {LEVEL:.0%} percentile bootstrap over prompts "
-        f"({N_BOOT} seeded resamples, none below {MIN_PROMPTS_FOR_CI} prompts), exact sign-flip test, Holm within "
-        f"each family ({'; '.join(', '.join(m) for m in FAMILIES.values())}). compare.csv holds every Δ as "
-        "`d_<metric>` with `_lo`, `_hi`, `_p` (unadjusted), `_sig` (Holm), `_mdd` (minimum detectable difference) and "
-        "`_n` (prompts), and `differs` per build."]))
+        f"on answers with the same prompt text; the unit is the prompt: {LEVEL:.0%} studentized bootstrap over prompts "
+        f"({N_BOOT} seeded resamples, none below {MIN_PROMPTS_FOR_CI} prompts), its p-value from the same resamples. "
+        "compare.csv holds every Δ as `d_<metric>` with `_lo`, `_hi`, `_p`, `_sig` (the CI excludes 0), `_mdd` "
+        "(detection limit) and `_n` (prompts), `same_<metric>` where both sides are one cached measurement, and "
+        "`differs` per build."]))
     return out
 
 
@@ -485,6 +500,7 @@ def run(a: Sweep, b: Sweep, out: Path | None = None) -> int:
               + (f"; … {len(diff) - 8} more" if len(diff) > 8 else ""))
     for note in cmp.notes:
         print(note.replace("**", ""))
-    print(f"B − A; {NOT_DISTINCT}: the CI includes 0; *: significant (Holm-adjusted p ≤ {ALPHA:g}). Written: "
+    print(f"B − A; {NOT_DISTINCT}: the CI includes 0; *: it excludes 0; {SAME}: both sides read one store entry. "
+          "Written: "
           + ", ".join(map(str, paths)))
     return 0

@@ -68,11 +68,13 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "fidelity_baseline": f.baseline if f else None,
         "kld_top_k": (f.top_k if f.top_k is not None else "all") if f else None,
     })
-    checked = [r.check.passed for r in rec.results if r.check is not None]
+    definite = [r for r in rec.results if r.check is not None and not r.check.transient]  # timeouts: no verdict
+    checked = [r.check.passed for r in definite]
     row["check_pass"] = 100.0 * sum(checked) / len(checked) if checked else math.nan
     row["checked"] = f"{sum(checked)}/{len(checked)}" if checked else None
-    for cat in sorted({r.category for r in rec.results if r.check is not None}):
-        passed = [r.check.passed for r in rec.results if r.check is not None and r.category == cat]
+    row["check_transient"] = sum(r.check is not None and r.check.transient for r in rec.results)
+    for cat in sorted({r.category for r in definite}):
+        passed = [r.check.passed for r in definite if r.category == cat]
         row[f"check_pass_{cat}"] = 100.0 * sum(passed) / len(passed)
     agree = [r.agreement for r in rec.results if r.agreement]
     row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan

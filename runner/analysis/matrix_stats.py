@@ -1,20 +1,20 @@
-"""Statistics columns for the matrix: prompt-level CIs of per-cell means and paired deltas vs the baseline cell.
+"""Statistics columns for the matrix: prompt-level CIs of per-cell means, paired deltas vs the baseline cell and
+the verdict on each quality signal (runner/analysis/verdict.py).
 
-Every CI is a seeded percentile bootstrap over prompts (all repeats and judge repeats of a prompt move
-together), so re-collecting gives identical numbers; see runner/metrics/stats.py for the rules. Paired
-deltas (cell − baseline) pair answers by (prompt id, repeat): repeat r of every cell used seed + r.
+Every interval is a seeded studentized bootstrap over prompts (all repeats and judge repeats of a prompt move
+together), so re-collecting gives identical numbers; see runner/metrics/stats.py. Paired deltas (cell −
+baseline) pair answers by (prompt id, repeat): repeat r of every cell used seed + r.
 
 Column names, for a metric `m` of the matrix:
-  m_lo, m_hi          95% CI of the cell's mean; empty below 3 prompts (kld_mean: mean ± z·SE from
-                      per-chunk means, empty below 3 chunks)
+  m_lo, m_hi          95% CI of the cell's mean; empty below 5 prompts (kld_mean: mean ± t·SE from per-chunk
+                      means, t for n_chunks − 1 degrees of freedom, empty below 3 chunks)
   n_prompts           prompts with an answer; overall_<category>_n: prompts of that category
-  d_m, d_m_lo, d_m_hi mean per-prompt difference vs the baseline cell and its CI
-  d_m_p               exact sign-flip test p-value over prompts (unadjusted)
-  d_m_sig             Holm-adjusted p ≤ 0.05 within the metric's family (judge criteria together; each
-                      speed metric alone); never true below 6 prompts
-  d_m_mdd             minimum detectable difference (80% power): smaller true differences could be missed
-  d_m_n_needed        prompts needed to detect TARGETS[m] (0.5 judge points, 5 points of check_pass) at the
-                      spread of this cell's per-prompt differences
+  d_m, d_m_lo, d_m_hi mean per-prompt difference vs the baseline cell and its 95% CI
+  d_m_p               p-value of "no difference", from the same bootstrap (≤ 0.05 exactly when the CI excludes 0)
+  d_m_sig             the CI excludes 0 (per comparison, not adjusted: decisions use the verdict)
+  d_m_mdd             detection limit: the smallest margin a build equal to the baseline would be shown not worse
+                      by with 80% power (one-sided 2.5%, the verdict's test)
+  d_m_verdict (+ _reason, _margin, _power, _n_needed)   the verdict on quality signals: runner/analysis/verdict.py
 """
 
 from __future__ import annotations
@@ -23,23 +23,23 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
+from runner.analysis import verdict
 from runner.host import measured_on
 from runner.identity import answer_key, find_baseline
 from runner.judges.aggregate import pairwise_value
 from runner.judges.rubric import CRITERIA
-from runner.metrics.stats import (MIN_PROMPTS_FOR_CI, cluster_mean_ci, cluster_ratio_ci, holm,
-                                  min_prompts_for_significance, paired_prompt_delta, prompts_needed)
+from runner.metrics.paired import PairedDelta, paired_prompt_delta, summarize_differences
+from runner.metrics.stats import LEVEL, N_BOOT, cluster_mean_ci, cluster_ratio_ci
 from runner.records import CellRecord, PromptResult
 from runner.speed import comparable, decode_tokens_and_seconds
 
-N_BOOT = 2000
-LEVEL = 0.95
 ALPHA = 1.0 - LEVEL
+MIN_CHUNKS_FOR_CI = 3
 Getter = Callable[[PromptResult], float]
 
 
@@ -60,7 +60,8 @@ def _answer_gen_tps(r: PromptResult) -> float:
 
 
 def _check_pass(r: PromptResult) -> float:
-    return 100.0 * r.check.passed if r.check is not None else math.nan
+    """100 pass, 0 fail; NaN without a check or with a transient outcome (a timeout is no verdict on the answer)."""
+    return 100.0 * r.check.passed if r.check is not None and not r.check.transient else math.nan
 
 
 def _pairwise(what: str) -> Getter:
@@ -71,7 +72,7 @@ def _pairwise(what: str) -> Getter:
 MEANS: dict[str, Getter] = {
     **{c: _score(c) for c in CRITERIA},
     "check_pass": _check_pass,
-    **{m: _pairwise(m) for m in ("win_rate", "tie_rate", "loss_rate", "position_inconsistency")},
+    **{m: _pairwise(m) for m in ("win_rate", "tie_rate", "loss_rate", "identical_rate", "position_inconsistency")},
     "answer_agreement": _agreement("exact"),
     "answer_similarity": _agreement("token_similarity"),
     "s_per_prompt": lambda r: r.generation.wall_s,
@@ -86,13 +87,20 @@ RATIOS: dict[str, Callable[[PromptResult], tuple[float, float]]] = {
     "prompt_tps": lambda r: (r.generation.prompt_tokens, r.generation.ttft_s),
 }
 
-# Per-answer values paired against the baseline cell, by family (Holm adjusts within a family).
+# Per-answer values paired against the baseline cell.
 DELTAS: dict[str, Getter] = {**{c: _score(c) for c in CRITERIA}, "check_pass": _check_pass,
                              "gen_tps": _answer_gen_tps, "s_per_prompt": MEANS["s_per_prompt"]}
-# The difference worth detecting, per quality metric: d_m_n_needed says how many prompts that takes.
-TARGETS: dict[str, float] = {**dict.fromkeys(CRITERIA, 0.5), "check_pass": 5.0}
-FAMILIES: dict[str, tuple[str, ...]] = {"judge": CRITERIA, "check": ("check_pass",), "pairwise": ("pairwise_net",),
-                                        "gen_tps": ("gen_tps",), "s_per_prompt": ("s_per_prompt",)}
+DELTA_SUFFIXES = ("", "_lo", "_hi", "_p", "_sig", "_mdd", "_n")
+# Signals whose per-answer value is a whole outcome (pass 100 / fail 0; win 100, tie 0, loss −100): their paired
+# differences are wins, ties and losses of this many points, summarized by the score interval (runner/metrics/paired.py)
+WHOLE_OUTCOME = {"check_pass": 100.0, "pairwise_net": 100.0}
+
+
+def delta_columns(name: str, d: PairedDelta) -> dict[str, Any]:
+    """d_<name>, _lo, _hi, _p, _sig, _mdd, _n of one paired delta."""
+    return {f"d_{name}": d.delta, f"d_{name}_lo": d.lo, f"d_{name}_hi": d.hi, f"d_{name}_p": d.p,
+            f"d_{name}_sig": None if math.isnan(d.p) else bool(d.p <= ALPHA), f"d_{name}_mdd": d.mdd(),
+            f"d_{name}_n": d.n}
 
 
 def speed_tag(rec: CellRecord) -> str | None:
@@ -133,75 +141,66 @@ def _ci_columns(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
             _, cols[f"{metric}_{cat}_lo"], cols[f"{metric}_{cat}_hi"] = cluster_mean_ci(list(prompts.values()),
                                                                                       n_boot, level)
             cols[f"{metric}_{cat}_n"] = len(prompts)
-    cols.update(_pairwise_net(rec, n_boot, level))
     f = rec.fidelity
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    enough = f is not None and f.n_chunks >= MIN_PROMPTS_FOR_CI and math.isfinite(f.kld_se)
-    cols["kld_mean_lo"] = max(f.kld_mean - z * f.kld_se, 0.0) if enough else math.nan  # normal approx., KLD ≥ 0
-    cols["kld_mean_hi"] = f.kld_mean + z * f.kld_se if enough else math.nan
+    enough = f is not None and f.n_chunks >= MIN_CHUNKS_FOR_CI and math.isfinite(f.kld_se)
+    t = sps.t.ppf((1 + level) / 2, f.n_chunks - 1) if enough else math.nan  # the SE is from n_chunks chunk means
+    cols["kld_mean_lo"] = max(f.kld_mean - t * f.kld_se, 0.0) if enough else math.nan  # KLD ≥ 0
+    cols["kld_mean_hi"] = f.kld_mean + t * f.kld_se if enough else math.nan
     return cols
 
 
-def _pairwise_net(rec: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
-    """Net preference over the baseline (win − loss, % of answers, per prompt): already a paired comparison,
-    tested like a delta (d_pairwise_net*: sign-flip p, Holm within its family, detection limit)."""
+def pairwise_net(rec: CellRecord, n_boot: int, level: float) -> PairedDelta | None:
+    """Net preference over the baseline (win − loss, % of judged answers, per prompt): already a paired
+    comparison, summarized like a delta. None: not judged pairwise."""
     per_prompt = by_prompt(rec.results, _pairwise("net"), "pairwise_net", None)
-    values = {pid: v for pid, v in per_prompt.items() if not all(math.isnan(x) for x in v)}
-    if not values:
-        return {}
-    zeros = {pid: [0.0 if not math.isnan(x) else math.nan for x in v] for pid, v in values.items()}
-    d = paired_prompt_delta(zeros, values, n_boot, level)
-    return {"d_pairwise_net": d["delta"], "d_pairwise_net_lo": d["lo"], "d_pairwise_net_hi": d["hi"],
-            "d_pairwise_net_p": d["p"], "d_pairwise_net_mdd": d["mdd"], "d_pairwise_net_n": d["n"]}
+    values = [float(np.nanmean(v)) for v in per_prompt.values() if not all(math.isnan(x) for x in v)]
+    return summarize_differences(values, WHOLE_OUTCOME["pairwise_net"], n_boot, level) if values else None
 
 
-def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int, level: float) -> dict[str, Any]:
+def _delta_columns(rec: CellRecord, base: CellRecord, n_boot: int,
+                   level: float) -> tuple[dict[str, Any], dict[str, PairedDelta]]:
     shared = {answer_key(r) for r in rec.results} & {answer_key(r) for r in base.results}
     mine = [r for r in rec.results if answer_key(r) in shared]
     theirs = [r for r in base.results if answer_key(r) in shared]
     cols: dict[str, Any] = {}
+    deltas: dict[str, PairedDelta] = {}
     same_hardware = _fingerprint(rec) == _fingerprint(base)
     for name, get in DELTAS.items():
         if name in SPEED and not same_hardware:  # speed measured on other hardware: no comparison
-            cols.update({f"d_{name}{s}": math.nan for s in ("", "_lo", "_hi", "_p", "_mdd")} | {f"d_{name}_n": 0})
+            cols.update({f"d_{name}{s}": math.nan for s in DELTA_SUFFIXES if s != "_n"} | {f"d_{name}_n": 0})
             continue
-        d = paired_prompt_delta(by_prompt(theirs, get, name, speed_tag(base)),
-                                by_prompt(mine, get, name, speed_tag(rec)), n_boot, level)
-        cols.update({f"d_{name}": d["delta"], f"d_{name}_lo": d["lo"], f"d_{name}_hi": d["hi"],
-                     f"d_{name}_p": d["p"], f"d_{name}_mdd": d["mdd"], f"d_{name}_n": d["n"]})
-        if name in TARGETS:
-            cols[f"d_{name}_n_needed"] = prompts_needed(d["sd"], TARGETS[name])
-    return cols
+        deltas[name] = paired_prompt_delta(by_prompt(theirs, get, name, speed_tag(base)),
+                                           by_prompt(mine, get, name, speed_tag(rec)), WHOLE_OUTCOME.get(name),
+                                           n_boot, level)
+        cols.update(delta_columns(name, deltas[name]))
+    return cols, deltas
 
 
 def _fingerprint(rec: CellRecord) -> str | None:
     return rec.host.fingerprint if rec.host else None
 
 
-def significance(rows: list[dict[str, Any]], alpha: float) -> None:
-    """d_m_sig: Holm-adjusted p ≤ alpha within each family, never below the smallest n that could reach it."""
-    min_n = min_prompts_for_significance(alpha)
-    for metrics in FAMILIES.values():
-        cells = [(row, m) for row in rows for m in metrics if f"d_{m}_p" in row]
-        adjusted = holm([row[f"d_{m}_p"] for row, m in cells])
-        for (row, m), p_adj in zip(cells, adjusted):
-            row[f"d_{m}_sig"] = None if math.isnan(p_adj) else bool(p_adj <= alpha and row[f"d_{m}_n"] >= min_n)
-
-
 def stat_columns(records: list[CellRecord], baseline: str | None, n_boot: int = N_BOOT,
                  level: float = LEVEL) -> list[dict[str, Any]]:
-    """Statistics columns per record (same order as `records`); deltas only where a baseline cell exists.
-
-    The baseline cell itself gets no deltas (they would be 0 by construction).
-    """
+    """Statistics columns per record (same order as `records`): CIs, deltas where a baseline cell exists, and the
+    verdict on every quality signal the sweep measured. The baseline cell itself gets no deltas (0 by
+    construction) and no verdict (it is what the others are judged against)."""
+    signals = verdict.measured_signals(records)
     rows = []
     for rec in records:
         cols = _ci_columns(rec, n_boot, level)
+        net = pairwise_net(rec, n_boot, level)
+        if net is not None:
+            cols.update(delta_columns("pairwise_net", net))
         base = find_baseline(rec, records, baseline) if rec.results else None
+        deltas: dict[str, PairedDelta] = {"pairwise_net": net} if net is not None else {}
         if base is not None and base is not rec:
-            cols.update(_delta_columns(rec, base, n_boot, level))
+            more_cols, more = _delta_columns(rec, base, n_boot, level)
+            cols.update(more_cols)
+            deltas.update(more)
+        if rec.status == "ok" and base is not rec:
+            cols.update(verdict.verdict_columns(rec, base, deltas, signals, baseline))
         rows.append(cols)
-    significance(rows, 1.0 - level)
     return rows
 
 

@@ -2,7 +2,8 @@
 pareto.png. Nothing is computed here that the matrix or runner/findings.py already holds.
 
 The sections, in order, and where each is made (every section function takes a `ReportData`):
-  Overview, Highlights, Skipped/Failed cells  report_overview.py (the recommendation: report_recommendation.py)
+  Verdict (build × quality signal, and the recommendation)          report_recommendation.py
+  Overview, Highlights, Skipped/Failed cells                        report_overview.py
   Quality, Pairwise, Checks, Checks per item, Per category          report_quality.py
   Fidelity, Speed, Size                                             report_fidelity_speed.py
   Fairness (contract, devices, hardware, parallel speed, cross-engine noise floor)   report_fairness.py
@@ -29,14 +30,14 @@ from runner.analysis.report_format import fmt  # noqa: F401 - imported from here
 from runner.analysis.report_overview import highlights, not_ok, overview
 from runner.analysis.report_plots import pareto_png, plots
 from runner.analysis.report_quality import checks, checks_per_item, pairwise, per_category, quality
-from runner.analysis.report_recommendation import MAX_KLD, MIN_TOP1
+from runner.analysis.report_recommendation import MAX_KLD, MIN_TOP1, verdict_section
 from runner.analysis.report_render import Section, render_html, render_markdown
 from runner.analysis.report_statistics import statistics
 
 
 def sections(d: ReportData, png: bytes | None) -> list[Section]:
     """The report's sections in order; `png`: the plot (None: no plot)."""
-    return [overview(d), highlights(d), quality(d), pairwise(d), checks(d), checks_per_item(d),
+    return [verdict_section(d), overview(d), highlights(d), quality(d), pairwise(d), checks(d), checks_per_item(d),
             fidelity(d), speed(d), size(d),
             per_category(d), fairness(d), not_ok(d, "skipped"), not_ok(d, "failed"),
             statistics(d), plots(d, png)]
@@ -47,9 +48,9 @@ def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, ba
     """Write report.md, report.html and pareto.png into `out_dir`; report.html ends with the answer view
     of `samples` (runner/samples.py).
 
-    The recommendation is the smallest ok build with KLD ≤ `max_kld` (default 0.05 nats/token), top-1
-    agreement ≥ `min_top1` % (default 90) and, when judged, a judge overall not distinguishably worse
-    than the `baseline` cell (FORMAT_PRECISION, e.g. gguf_fp16). Criteria without data are skipped.
+    The recommendation (runner/analysis/report_recommendation.py) is the smallest ok build with KLD ≤ `max_kld`
+    (default 0.05 nats/token), top-1 agreement ≥ `min_top1` % (default 90) and a `not_worse` verdict against
+    the `baseline` cell on every quality signal the sweep measured.
     """
     out_dir = Path(out_dir)
     d = ReportData(df, findings, baseline, max_kld, min_top1)

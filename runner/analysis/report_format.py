@@ -45,7 +45,7 @@ def with_ci(row: pd.Series, col: str) -> str:
 
 
 def delta(row: pd.Series, metric: str, is_base: bool) -> str:
-    """'Δ [lo, hi]', suffixed with ≈ when it is not significant (Holm-adjusted sign-flip test)."""
+    """'Δ [lo, hi]', suffixed with ≈ when the interval includes 0."""
     if is_base:
         return "baseline"
     d = row.get(f"d_{metric}")

@@ -1,5 +1,5 @@
 """The report's cells at a glance: the overview (with a requantized source's warning), the highlights (best by
-quality, fastest, smallest, then the recommendation), and the skipped and failed cells."""
+quality, fastest, smallest, and which builds the recommendation keeps), and the skipped and failed cells."""
 
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ def highlights(d: ReportData) -> Section:
         quality = "– (no judge and no fidelity)"
     text = [f"Best by quality: {quality}", f"Fastest: {_pick(d, 'gen_tps', largest=True)}",
             f"Smallest: {_pick(d, 'size_gb', largest=False)}"]
-    lines, table = recommendation(d)
-    return Section("Highlights", text + lines, table)
+    _, table = recommendation(d)  # the recommendation itself leads the report (Verdict)
+    return Section("Highlights", text + ["Which builds the recommendation keeps, and why not:"] if table is not None
+                   else text, table)
 
 
 def not_ok(d: ReportData, status: str) -> Section:

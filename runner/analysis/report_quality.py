@@ -70,13 +70,14 @@ def pairwise(d: ReportData) -> Section:
                                                     "with the baseline's)."])
     cols: dict[str, Any] = {"Judged": "pairwise_judged", "Win %": lambda r: with_ci(r, "win_rate"),
                             "Tie %": lambda r: with_ci(r, "tie_rate"), "Loss %": lambda r: with_ci(r, "loss_rate"),
-                            "Position inconsistency %": "position_inconsistency",
+                            "Identical %": "identical_rate", "Position inconsistency %": "position_inconsistency",
                             "Net (win − loss)": lambda r: delta(r, "pairwise_net", d.is_base(r)),
                             "Note": "judge_note"}
     text = ["The judge saw the baseline's answer and the build's, in both orders, and said which is better or tie. "
             "A prompt is a win or a loss only when both orders agree; otherwise a tie, and the disagreement is "
-            "counted as position inconsistency (a judge preferring a position, not an answer). Rates are % of "
-            "answers, mean [95% CI] over prompts; Net is tested with the sign-flip test (Holm across builds)."]
+            "counted as position inconsistency (a judge preferring a position, not an answer; % of the pairs the "
+            "judge saw). Identical answers are ties without a judge call (Identical %). Rates are % of answers, "
+            "mean [95% CI] over prompts; Net's interval is the score interval for wins and losses."]
     return Section("Pairwise vs the baseline", text, d.table(d.ok, cols))
 
 

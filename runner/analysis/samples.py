@@ -22,7 +22,7 @@ COLUMNS = [
     "prompt_id", "category", "repeat", "prompt", "reference", "answer", "finish_reason", "truncated",
     "prompt_tokens", "completion_tokens", "thinking_tokens", "ttft_s", "gen_tps", "wall_s", "cached",
     *CRITERIA, "judged", "judge_reasoning", "judge_error",
-    "pairwise_outcome", "pairwise_inconsistent", "pairwise_reasoning",
+    "pairwise_outcome", "pairwise_inconsistent", "pairwise_identical", "pairwise_reasoning",
     "check_passed", "check_detail", "same_as_baseline", "similarity_to_baseline", "baseline_job", "baseline_answer",
 ]
 
@@ -36,8 +36,9 @@ def _judge(r: PromptResult) -> dict[str, Any]:
     out["judge_error"] = _joined([j.error for j in r.judgments if j.error])
     outcomes = pairwise_outcomes(r)
     if outcomes:
-        out["pairwise_outcome"] = ", ".join(o for o, _ in outcomes)
-        out["pairwise_inconsistent"] = any(bad for _, bad in outcomes)
+        out["pairwise_outcome"] = ", ".join(o for o, _, _ in outcomes)
+        out["pairwise_inconsistent"] = any(bad for _, bad, _ in outcomes)
+        out["pairwise_identical"] = any(same for _, _, same in outcomes)
     paired = sorted((j for j in r.judgments if j.order is not None and j.scores is not None), key=lambda j: j.order)
     out["pairwise_reasoning"] = _joined([f"[{'baseline' if j.order == 0 else 'build'} first → {j.winner}] "
                                          f"{j.reasoning or ''}" for j in paired])

@@ -126,4 +126,4 @@ def run_fidelity(store: Store, fid_cfg: dict[str, Any], renderer: ChatRenderer, 
         scored = score(own.session(), entry.path, int(entry.manifest["vocab"]), chunks, name, sha, top_k)
         scored.bos_first = text.bos_first
         result = store.put_json(SCORE_KIND, payload, dataclasses.asdict(scored))
-    return from_dict(FidelityResult, result.manifest["record"])
+    return dataclasses.replace(from_dict(FidelityResult, result.manifest["record"]), key=result.key)
