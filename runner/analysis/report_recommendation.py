@@ -108,7 +108,7 @@ def recommendation(d: ReportData) -> tuple[list[str], pd.DataFrame | None]:
         why[i] = ""
     criteria = [f"not worse than the baseline on {', '.join(NAMES[s] for s in gating)}"] if gating else []
     if d.has_fidelity:
-        criteria.append(f"KLD ≤ {fmt(d.max_kld)} and top-1 ≥ {fmt(d.min_top1)}%")
+        criteria.append(f"with KLD ≤ {fmt(d.max_kld)} and top-1 ≥ {fmt(d.min_top1)}%")
     rule = (f"the smallest build {' and '.join(criteria)}, walking the builds from the largest to the smallest"
             if criteria else "no criterion can be applied")
     head = "Recommendation (provisional)" if dropped else "Recommendation"

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from runner.store import Store
 
 UNQUANTIZED = ("ALL_F32", "MOSTLY_F16", "MOSTLY_BF16")
-DEQUANTIZER_VERSION = 1  # bump when the folder written by `dequantize_to_hf` changes
+DEQUANTIZER_VERSION = 2  # bump when the folders written here change (2: top-level RoPE keys, `legacy_rope`)
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,32 @@ def _unsupported(info: GGUFInfo, e: Exception) -> ValueError:
     return ValueError(f"model.path: transformers cannot read {info.path} (architecture {info.architecture}): {e}")
 
 
+def legacy_rope(params: Any) -> dict[str, Any]:
+    """The top-level RoPE keys older configs carry, from transformers 5's `rope_parameters`.
+
+    transformers 5 writes RoPE settings only under `rope_parameters`, and mlx-lm's model args for several
+    architectures still read the top-level keys, silently falling back to a default without them: its llama
+    reads `rope_theta` (default 10000; SmolLM2's is 100000, which cost MLX fp16 KLD 0.12 and 80 % top-1 against
+    the GGUF fp16 of the same weights), gemma3_text `rope_theta` and `rope_local_base_freq`. transformers reads
+    the folder back to the same parameters. `rope_scaling` is written only for a single,
+    non-nested, non-default RoPE: a flat `rope_scaling` next to per-layer-type parameters would replace them
+    when transformers reads the folder.
+    """
+    if not isinstance(params, dict) or not params:
+        return {}
+    if "rope_theta" in params or "rope_type" in params:  # one RoPE for every layer
+        out: dict[str, Any] = {"rope_theta": params["rope_theta"]} if "rope_theta" in params else {}
+        if params.get("rope_type", "default") != "default":
+            out["rope_scaling"] = dict(params)
+        return out
+    out = {}
+    if "rope_theta" in (full := params.get("full_attention") or {}):
+        out["rope_theta"] = full["rope_theta"]
+    if "rope_theta" in (sliding := params.get("sliding_attention") or {}):
+        out["rope_local_base_freq"] = sliding["rope_theta"]
+    return out
+
+
 def write_hf_tokenizer(info: GGUFInfo, out: Path) -> None:
     """A Hugging Face folder without weights: config, tokenizer, chat template and EOS, from the GGUF metadata."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,6 +180,7 @@ def write_hf_tokenizer(info: GGUFInfo, out: Path) -> None:
     data.pop("quantization_config", None)
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     data["architectures"] = [model_class.__name__] if model_class is not None else None
+    data.update(legacy_rope(data.get("rope_parameters")))
     (out / "config.json").write_text(json.dumps(data, indent=2))
     if info.chat_template:
         tokenizer.chat_template = info.chat_template
