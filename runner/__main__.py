@@ -34,6 +34,13 @@ def repeated_by_artifact_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
     return first if mine is not None and first is not None and str(mine) != first else None
 
 
+def repeated_by_calibration_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
+    """A sweep over calibration repeats every uncalibrated cell once per value: all but the first are skipped."""
+    first = first_swept_value(sweep_dir, "calibration")
+    mine = str((cfg.get("calibration") or {}).get("name"))
+    return first if first is not None and mine != first else None
+
+
 def run_job(cfg: DictConfig) -> str:
     """One Hydra job: one cell (also the task function `replay resume` hands the launcher)."""
     hc = HydraConfig.get()
@@ -45,6 +52,8 @@ def run_job(cfg: DictConfig) -> str:
     cell = Cell.from_config(cfg, list(hc.overrides.task), num)
     if multirun and not cell.precision.get("prebuilt"):
         cell.duplicate_of = repeated_by_artifact_sweep(cfg, Path(hc.sweep.dir))
+    if multirun and not cell.method.get("calibrated"):
+        cell.duplicate_calibration = repeated_by_calibration_sweep(cfg, Path(hc.sweep.dir))
     launcher = str(hc.launcher.get("_target_", ""))
     record = run_cell(cell, job_dir, parallel_jobs=launcher_parallelism(hc.launcher) if multirun else 1,
                       judge_at_end=multirun and judge_where(cfg.judge, launcher) == "end")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import calibration as calibration_data
 from runner.identity import build_id, parse_build_id
 from runner.locks import LOCK_KINDS
 from runner.records import CellIdentity, SamplerParams
@@ -80,6 +81,9 @@ class Cell:
     artifact_path: str | None = None  # precision=prebuilt: artifact.path
     duplicate_of: str | None = None  # a non-prebuilt cell repeated by an artifact.path sweep: the value it runs with
     margins: dict[str, float] = field(default_factory=dict)  # verdict.margins
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "none", "formats": [], "calibrated": False})
+    calibration: dict[str, Any] = field(default_factory=lambda: {"name": "none", "source": "none"})
+    duplicate_calibration: str | None = None  # an uncalibrated cell repeated by a calibration sweep: the first value
 
     @classmethod
     def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
@@ -87,16 +91,20 @@ class Cell:
         plain = {k: v for k, v in plain.items() if k != "hydra"}
         artifact = (plain.get("artifact") or {}).get("path") if plain["precision"].get("prebuilt") else None
         artifact = str(Path(str(artifact)).expanduser().resolve()) if artifact else None
+        method = plain.get("method") or {"name": "none", "formats": ["gguf", "mlx"], "calibrated": False}
+        calibration = plain.get("calibration") or {"name": "none", "source": "none"}
         ident = CellIdentity(
             model=plain["model"]["name"], format=plain["format"]["name"], precision=plain["precision"]["name"],
             generation=plain["generation"]["name"], prompts=plain["prompts"]["name"], judge=plain["judge"]["name"],
-            overrides=list(overrides or []), job_num=job_num, artifact=artifact,
+            overrides=list(overrides or []), job_num=job_num, artifact=artifact, method=str(method["name"]),
+            calibration=calibration_data.resolved_name(method, calibration),
         )
         return cls(ident, plain["model"], plain["format"], plain["precision"], plain["generation"], plain["prompts"],
                    plain["judge"], plain.get("fidelity") or {"enabled": False}, int(plain["seed"]),
                    int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]),
                    str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)), artifact,
-                   margins=dict((plain.get("verdict") or {}).get("margins") or {}))
+                   margins=dict((plain.get("verdict") or {}).get("margins") or {}), method=method,
+                   calibration=calibration)
 
     def invalid_reason(self) -> str | None:
         """Why this format × precision pair cannot run (a skip, not an error), or None."""
@@ -107,6 +115,8 @@ class Cell:
         if self.duplicate_of is not None:
             return (f"the same cell as with artifact.path={self.duplicate_of}: artifact.path applies to "
                     "precision=prebuilt only")
+        if reason := self._method_reason():
+            return reason
         if self.artifact_path and Path(self.artifact_path).exists():
             kind = "gguf" if Path(self.artifact_path).is_file() else "mlx"
             if kind != self.format["name"]:
@@ -114,27 +124,59 @@ class Cell:
                 return f"artifact.path {self.artifact_path} is {what}: it runs as format={kind}"
         return None
 
+    def _method_reason(self) -> str | None:
+        """Why this method cannot make this build (a skip), or None."""
+        method, fmt = self.method, self.format["name"]
+        name = str(method.get("name", "none"))
+        if fmt not in (method.get("formats") or [fmt]):
+            return (f"method {name!r} does not apply to format {fmt!r} "
+                    f"(it applies to: {', '.join(method.get('formats') or [])})")
+        gguf = self.precision.get("gguf") or {}
+        if fmt == "gguf" and gguf.get("requires_imatrix") and name != "imatrix":
+            return f"{str(gguf.get('ftype')).upper()} requires an imatrix: add method=imatrix"
+        if method.get("calibrated") and self.precision.get("prebuilt"):
+            return f"method {name!r} builds a quantization: a prebuilt artifact is evaluated as it is (use method=none)"
+        if method.get("calibrated") and not self._quantizes():
+            return (f"method {name!r} calibrates a quantization: precision {self.precision['name']!r} keeps the "
+                    "weights in floating point (the same build as method=none)")
+        if self.duplicate_calibration is not None:
+            return (f"the same cell as with calibration={self.duplicate_calibration}: method {name!r} uses no "
+                    "calibration data")
+        return None
+
+    def _quantizes(self) -> bool:
+        """Whether this precision quantizes (F16/BF16/F32 GGUF and float MLX builds do not)."""
+        ftype = str((self.precision.get("gguf") or {}).get("ftype", "")).upper()
+        mlx = self.precision.get("mlx") or {}
+        return (self.format["name"] == "gguf" and ftype not in ("F16", "BF16", "F32")) or \
+            (self.format["name"] == "mlx" and bool(mlx.get("bits") or mlx.get("recipe") or mlx.get("mode")))
+
+    def build(self) -> str:
+        """This cell's build id (`gguf_q4_k_m`, `gguf_q4_k_m+imatrix`)."""
+        return build_id(self.format["name"], self.precision["name"], str(self.method.get("name", "none")))
+
     def precision_config(self) -> dict[str, Any]:
         """The precision group as the backend reads it; a prebuilt one carries its artifact's path."""
         return {**self.precision, "path": self.artifact_path} if self.precision.get("prebuilt") else self.precision
 
-    def build_configs(self, build: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(format cfg, precision cfg) of a FORMAT_PRECISION build such as the baseline `gguf_fp16`.
+    def build_configs(self, build: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(format, precision, method) configs of a FORMAT_PRECISION[+METHOD] build such as the baseline `gguf_fp16`.
 
         This cell's own group configs are used where they match (so overrides apply), else the YAML files.
         """
-        fmt, precision = parse_build_id(build)
+        fmt, precision, method = parse_build_id(build)
         try:
             fmt_cfg = self.format if self.format.get("name") == fmt else load_option("format", fmt)
             prec_cfg = self.precision if self.precision.get("name") == precision else load_option("precision", precision)
+            method_cfg = self.method if self.method.get("name") == method else load_option("method", method)
         except ValueError as e:
             raise ValueError(f"baseline={build!r}: {e}") from None
         if fmt not in (prec_cfg.get("formats") or []):
             raise ValueError(f"baseline={build!r}: precision {precision!r} does not apply to format {fmt!r}")
-        return fmt_cfg, prec_cfg
+        return fmt_cfg, prec_cfg, method_cfg
 
     def is_build(self, build: str) -> bool:
-        return build == build_id(self.format["name"], self.precision["name"])
+        return build == self.build()
 
     def sampler(self, repeat: int = 0) -> SamplerParams:
         g = self.generation
@@ -171,6 +213,8 @@ class Cell:
                 raise FileNotFoundError(f"artifact.path: no such file or folder: {self.artifact_path}")
         if self.fidelity.get("enabled"):
             check_fidelity_config(self.fidelity)
+        if self.method.get("calibrated"):
+            calibration_data.check(self.calibration)
         for signal, margin in self.margins.items():
             if signal not in VERDICT_SIGNALS:
                 raise ValueError(f"verdict.margins.{signal}: not a quality signal (one of {', '.join(VERDICT_SIGNALS)})")

@@ -113,7 +113,7 @@ class CellRun:
         ctx = self._context()
         rec.contract = ctx.renderer.contract(cell.sampler(), ctx.stop_ids, ctx.strip_thinking)
         with self.timed("prepare"):
-            backend, rec.artifact = prepare_build(ctx, cell.format, cell.precision_config())
+            backend, rec.artifact = prepare_build(ctx, cell.format, cell.precision_config(), cell.method)
         if cell.precision.get("prebuilt"):  # a published quant must see the prompts as the model does
             backend.check_prompt_ids(rec.artifact, ctx.rendered)
         own = self.stack.enter_context(GenerationStage(ctx, backend, rec.artifact, cell.format))
@@ -149,8 +149,8 @@ class CellRun:
         """The generation stage of another build such as `gguf_fp16` (this cell's own if it is that build)."""
         if self.cell.is_build(build):
             return own
-        fmt_cfg, prec_cfg = self.cell.build_configs(build)
-        backend, artifact = prepare_build(ctx, fmt_cfg, prec_cfg)
+        fmt_cfg, prec_cfg, method_cfg = self.cell.build_configs(build)
+        backend, artifact = prepare_build(ctx, fmt_cfg, prec_cfg, method_cfg)
         return self.stack.enter_context(GenerationStage(ctx, backend, artifact, fmt_cfg))
 
     def _baseline_answers(self, ctx: CellContext, own: GenerationStage,
@@ -171,7 +171,8 @@ def run_cell(cell: Cell, job_dir: Path, refresh: Refresh | None = None, parallel
              judge_at_end: bool = False) -> CellRecord:
     """Run one cell into `job_dir`. `refresh`: what to recompute instead of reuse (replay reproduce, shared by its cells);
     `judge_at_end`: leave judging to the submitting process (judge.where=end)."""
-    progress = CellProgress(job_dir, cell_label(cell.identity.format, cell.identity.precision, cell.identity.artifact))
+    ident = cell.identity
+    progress = CellProgress(job_dir, cell_label(ident.format, ident.precision, ident.artifact, ident.method))
     try:
         return CellRun(cell, job_dir, progress, refresh, parallel_jobs, judge_at_end).run()
     finally:

@@ -287,7 +287,7 @@ def _read_finished(path: Path) -> _Finished:
     data = json.loads(path.read_text())
     cell = data.get("cell") or {}
     window = (data.get("windows") or {}).get("cell")
-    return _Finished(label=cell_label(cell.get("format"), cell.get("precision"), cell.get("artifact")),
+    return _Finished(label=cell_label(cell.get("format"), cell.get("precision"), cell.get("artifact"), cell.get("method")),
                      status=data.get("status", "failed"),
                      reason=data.get("reason"), seconds=window[1] - window[0] if window else None)
 
@@ -300,8 +300,8 @@ def pending_reasons() -> str:
     return " (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")"
 
 
-def cell_label(fmt: Any, precision: Any, artifact: str | None = None) -> str:
-    return f"{fmt} × {precision_label(str(precision), artifact)}"
+def cell_label(fmt: Any, precision: Any, artifact: str | None = None, method: str | None = None) -> str:
+    return f"{fmt} × {precision_label(str(precision), artifact, method)}"
 
 
 def _clock(seconds: float) -> str:

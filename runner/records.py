@@ -246,6 +246,8 @@ class CellIdentity:
     overrides: list[str] = field(default_factory=list)
     job_num: int | None = None
     artifact: str | None = None  # precision=prebuilt: the evaluated file or folder (artifact.path)
+    method: str = "none"  # the quantization method (none, imatrix, ...): part of the build
+    calibration: str = "none"  # the calibration data a calibrated method ran on (default, file, dataset)
 
 
 @dataclass

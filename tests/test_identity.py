@@ -19,7 +19,9 @@ def test_parse_override(item, expected):
 
 
 def test_build_ids_round_trip():
-    assert parse_build_id(build_id("gguf", "q4_k_m")) == ("gguf", "q4_k_m")
+    assert parse_build_id(build_id("gguf", "q4_k_m")) == ("gguf", "q4_k_m", "none")
+    assert build_id("gguf", "q4_k_m", "imatrix") == "gguf_q4_k_m+imatrix"
+    assert parse_build_id("gguf_q4_k_m+imatrix") == ("gguf", "q4_k_m", "imatrix")
     with pytest.raises(ValueError, match="baseline='gguf': expected FORMAT_PRECISION"):
         parse_build_id("gguf")
 

@@ -177,14 +177,16 @@ def cells(sweep: Sweep, model_key: dict[str, str]) -> list[Cell]:
         rec, s = job.record, settings(job, job.record)
         if rec is not None:
             model, fmt_, precision, artifact = rec.cell.model, rec.cell.format, rec.cell.precision, rec.cell.artifact
+            method = rec.cell.method
             status, reason = rec.status, rec.reason
         elif "format.name" in s and "precision.name" in s:
             model, fmt_, precision = s.get("model.name", ""), s["format.name"], s["precision.name"]
             artifact = s.get("artifact.path") if precision == "prebuilt" else None
+            method = s.get("method.name", "none")
             status, reason = "failed", job.problem
         else:
             continue
-        label = precision_label(precision, artifact if artifact not in (None, "null") else None)
+        label = precision_label(precision, artifact if artifact not in (None, "null") else None, method)
         key = (model_key.get(model, model), fmt_, label)
         build = f"{fmt_} {label}" if len(set(model_key.values())) < 2 else f"{model} {fmt_} {label}"
         out.append(Cell(key, build, job.num, status, reason, rec, s))

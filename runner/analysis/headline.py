@@ -47,14 +47,15 @@ def headline_table(df: pd.DataFrame) -> Table:
         table.add_column(title, justify="right")
     for _, r in rows.iterrows():
         status = "[red]failed[/red]" if r["status"] == "failed" else r["status"]
-        table.add_row(escape(cell_label(r["format"], r["precision"], _artifact(r))), status,
+        table.add_row(escape(_label(r)), status,
                       *(fmt(r.get(c)) for c in columns.values()))
     return table
 
 
-def _artifact(row: pd.Series) -> str | None:
-    value = row.get("artifact")
-    return value if isinstance(value, str) else None
+def _label(row: pd.Series) -> str:
+    artifact, method = row.get("artifact"), row.get("method")
+    return cell_label(row["format"], row["precision"], artifact if isinstance(artifact, str) else None,
+                      method if isinstance(method, str) else None)
 
 
 def print_summary(df: pd.DataFrame, out_dir: Path, out: Console, baseline: str | None = None,
@@ -68,13 +69,13 @@ def print_summary(df: pd.DataFrame, out_dir: Path, out: Console, baseline: str |
         out.print(headline_table(df))
     skipped = df[df["status"] == "skipped"]
     if len(skipped):
-        out.print(escape(f"skipped ({len(skipped)}): " + ", ".join(cell_label(r["format"], r["precision"], _artifact(r))
+        out.print(escape(f"skipped ({len(skipped)}): " + ", ".join(_label(r)
                                                                  for _, r in skipped.iterrows())))
     data = ReportData(df, None, baseline, max_kld, min_top1)
     for line in requantized(data) + recommendation(data)[0]:
         out.print(_markup(line))
     for _, r in df[df["status"] == "failed"].iterrows():
-        out.print(f"[red]failed[/red] {escape(cell_label(r['format'], r['precision'], _artifact(r)))}: "
+        out.print(f"[red]failed[/red] {escape(_label(r))}: "
                   f"{escape(str(r['reason']))}")
     report = (Path(out_dir) / "report.html").resolve()
     if report.exists():

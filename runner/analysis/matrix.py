@@ -26,6 +26,7 @@ def _nan(x: Any) -> float:
 def record_row(rec: CellRecord) -> dict[str, Any]:
     c = rec.cell
     row: dict[str, Any] = {"job": c.job_num, "model": c.model, "format": c.format, "precision": c.precision,
+                           "method": c.method, "calibration": c.calibration,
                            "generation": c.generation, "prompts": c.prompts, "judge": c.judge,
                            "status": rec.status, "reason": rec.reason, "artifact": c.artifact}
     a = rec.artifact
@@ -128,8 +129,10 @@ HEADLINE = ("build", "status", "size_gb", "bits_per_weight", "kld_mean", "top1_p
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """The headline view: build, status, size, bits/weight, KLD, top-1, judge overall with its CI, speed, reason."""
-    out = df.assign(build=[f"{f} {precision_label(p, a if isinstance(a, str) else None)}"
-                           for f, p, a in zip(df["format"], df["precision"], df.get("artifact", [None] * len(df)))])
+    methods = df.get("method", [None] * len(df))
+    out = df.assign(build=[f"{f} {precision_label(p, a if isinstance(a, str) else None, m if isinstance(m, str) else None)}"
+                           for f, p, a, m in zip(df["format"], df["precision"], df.get("artifact", [None] * len(df)),
+                                                 methods)])
     if "overall" in out:
         def with_ci(r: pd.Series) -> str:
             if pd.isna(r["overall"]):

@@ -30,7 +30,8 @@ class ReportData:
         self.findings = findings or SweepFindings(contracts=pd.DataFrame())
 
     def is_base(self, row: pd.Series) -> bool:
-        return self.baseline == build_id(row["format"], row["precision"])
+        method = row.get("method")
+        return self.baseline == build_id(row["format"], row["precision"], method if isinstance(method, str) else None)
 
     def base_rows(self) -> pd.DataFrame:
         """The ok cells of the baseline build."""

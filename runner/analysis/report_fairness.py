@@ -82,8 +82,8 @@ def _engine_noise(d: ReportData) -> list[str]:
         base = r.get("fidelity_baseline")
         if missing(base) or missing(r.get("kld_mean")) or "_" not in str(base):
             continue
-        base_format, base_precision = parse_build_id(str(base))
-        if r["precision"] == base_precision and r["format"] != base_format:
+        base_format, base_precision, base_method = parse_build_id(str(base))
+        if r["precision"] == base_precision and r["format"] != base_format and r.get("method", "none") == base_method:
             out.append(f"Cross-engine noise floor: **{r['label']}** vs `{base}` (same weights, other engine): "
                        f"KLD {with_ci(r, 'kld_mean')}, top-1 {fmt(r.get('top1_pct'))}%, answer agreement "
                        f"{fmt(r.get('answer_agreement'))}. Differences of this size are engine noise, "

@@ -62,9 +62,10 @@ def signed(x: float) -> str:
 def labels(df: pd.DataFrame) -> pd.Series:
     """'format precision', plus whichever identity fields vary in the sweep, plus '#job' if still ambiguous."""
     artifacts = df["artifact"] if "artifact" in df else pd.Series([None] * len(df), index=df.index)
-    base = pd.Series([f"{f} {precision_label(str(p), a if isinstance(a, str) else None)}"
-                      for f, p, a in zip(df["format"], df["precision"], artifacts)], index=df.index)
-    for col in ("model", "generation", "prompts", "judge"):
+    methods = df["method"] if "method" in df else pd.Series([None] * len(df), index=df.index)
+    base = pd.Series([f"{f} {precision_label(str(p), a if isinstance(a, str) else None, m if isinstance(m, str) else None)}"
+                      for f, p, a, m in zip(df["format"], df["precision"], artifacts, methods)], index=df.index)
+    for col in ("model", "calibration", "generation", "prompts", "judge"):
         if col in df and df[col].nunique(dropna=True) > 1:
             base = base + " " + df[col].astype(str)
     ran = df["status"] != "skipped"  # a skipped cell never takes the plain label from one that ran

@@ -53,8 +53,9 @@ def highlights(d: ReportData) -> Section:
     if d.judged:
         quality = _pick(d, "overall", largest=True)
     elif d.has_fidelity:  # the baseline has KLD 0 by definition
-        refs = [build_id(f, p) != ref for f, p, ref in zip(d.ok["format"], d.ok["precision"],
-                                                            d.ok["fidelity_baseline"])]
+        methods = d.ok["method"] if "method" in d.ok else [None] * len(d.ok)
+        refs = [build_id(f, p, m if isinstance(m, str) else None) != ref
+                for f, p, m, ref in zip(d.ok["format"], d.ok["precision"], methods, d.ok["fidelity_baseline"])]
         quality = _pick(d, "kld_mean", largest=False, rows=d.ok[refs])
         quality += " (lowest KLD, the baseline excluded)" if quality != "–" else ""
     else:

@@ -59,7 +59,7 @@ def sample_rows(records: list[CellRecord], labels: dict[int | None, str], baseli
         if not rec.results:
             continue
         c = rec.cell
-        is_base = build_id(c.format, c.precision) == baseline
+        is_base = build_id(c.format, c.precision, c.method) == baseline
         base = None if is_base else find_baseline(rec, records, baseline)
         base_answers = {answer_key(r): r for r in base.results} if base else {}
         for r in sorted(rec.results, key=lambda r: (r.prompt_id, r.repeat)):
@@ -67,7 +67,7 @@ def sample_rows(records: list[CellRecord], labels: dict[int | None, str], baseli
             ref = base_answers.get(answer_key(r))
             agreement = r.agreement or (answer_agreement(ref.generation.token_ids, g.token_ids) if ref else None)
             rows.append({
-                "job": c.job_num, "build": labels.get(c.job_num, build_id(c.format, c.precision)),
+                "job": c.job_num, "build": labels.get(c.job_num, build_id(c.format, c.precision, c.method)),
                 "model": c.model, "format": c.format, "precision": c.precision, "generation": c.generation,
                 "prompts": c.prompts, "judge": c.judge, "is_baseline": is_base,
                 "prompt_id": r.prompt_id, "category": r.category, "repeat": r.repeat, "prompt": r.prompt_text,

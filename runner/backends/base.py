@@ -19,6 +19,7 @@ from runner.records import ArtifactInfo, Generation, ModelSourceInfo, RuntimeInf
 from runner.store import Store
 
 if TYPE_CHECKING:
+    from runner.calibration import Calibration
     from runner.contract import RenderedPrompt
 
 
@@ -35,8 +36,10 @@ class Backend(Protocol):
     name: str
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
-                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
-        """Build or reuse the converted/quantized model in the store."""
+                format_cfg: dict[str, Any], store: Store, method: dict[str, Any] | None = None,
+                calibration: Calibration | None = None) -> ArtifactInfo:
+        """Build or reuse the converted/quantized model in the store (`method`: how it is quantized; `calibration`:
+        the text a calibrated method runs on)."""
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> Session:
         """A loaded model; use as a context manager so memory is freed on exit."""

