@@ -14,6 +14,7 @@ from runner import calibration as calibration_data
 from runner.identity import build_id, parse_build_id
 from runner.locks import LOCK_KINDS
 from runner.records import CellIdentity, SamplerParams
+from runner.speed import BENCH_DEFAULTS, check_speed_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 VERDICT_SIGNALS = ("overall", "check_pass", "pairwise_net")  # the quality signals a verdict is given on
@@ -34,20 +35,54 @@ def parse_top_k(value: Any) -> int | None:
     return k
 
 
+FIDELITY_PROTOCOLS = ("runner", "llamacpp")
+
+
+def fidelity_protocol(fid: dict[str, Any]) -> str:
+    """`fidelity.protocol`: runner (every position, top-k + tail) or llamacpp (llama-perplexity's --kl-divergence)."""
+    protocol = fid.get("protocol") or "runner"
+    if protocol not in FIDELITY_PROTOCOLS:
+        raise ValueError(f"fidelity.protocol must be one of {', '.join(FIDELITY_PROTOCOLS)}, got {protocol!r}")
+    return str(protocol)
+
+
+def fidelity_corpus(fid: dict[str, Any]) -> dict[str, Any]:
+    """The eval text's source, with the `calibration` group's keys (runner/calibration.py resolves it): `fidelity.corpus`
+    (source default | file | dataset; default: runner/data/fidelity_eval.txt, not the calibration text), where
+    `fidelity.text=PATH` is short for `fidelity.corpus.source=file fidelity.corpus.file=PATH`."""
+    corpus = dict(fid.get("corpus") or {})
+    corpus.setdefault("source", "default")
+    text = fid.get("text")
+    if text:
+        if corpus["source"] == "dataset" or (corpus.get("file") and str(corpus["file"]) != str(text)):
+            raise ValueError(f"fidelity.text={text} and fidelity.corpus (source={corpus['source']}, "
+                             f"file={corpus.get('file')}) both name the eval text: set one")
+        corpus.update(source="file", file=str(text))
+    return corpus
+
+
 def check_fidelity_config(fid: dict[str, Any]) -> None:
     """What the fidelity config alone decides (the text's length needs its tokenizer: checked in the cell)."""
+    protocol = fidelity_protocol(fid)
     parse_top_k(fid.get("top_k", 256))
     chunk_len, tokens = fid.get("chunk_len"), fid.get("tokens")
     if not isinstance(chunk_len, int) or chunk_len < 2:
         raise ValueError(f"fidelity.chunk_len must be an integer >= 2, got {chunk_len!r}")
+    if protocol == "llamacpp" and chunk_len < 3:
+        raise ValueError(f"fidelity.chunk_len must be >= 3 with fidelity.protocol=llamacpp (it scores the second half "
+                         f"of each chunk), got {chunk_len}")
     if not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"fidelity.tokens must be an integer >= 0 (0: the whole text), got {tokens!r}")
     if 0 < tokens < chunk_len:
         raise ValueError(f"fidelity.tokens={tokens} is shorter than one chunk (fidelity.chunk_len={chunk_len}): "
                          f"set fidelity.tokens >= {chunk_len}, or 0 for the whole text")
-    text = Path(fid.get("text") or DEFAULT_FIDELITY_TEXT)
-    if not text.is_file():
-        raise FileNotFoundError(f"fidelity.text: file not found: {text}")
+    text = fid.get("text")
+    if text and not Path(text).expanduser().is_file():
+        raise FileNotFoundError(f"fidelity.text: file not found: {Path(text).expanduser()}")
+    corpus = fidelity_corpus(fid)
+    calibration_data.check(corpus, "fidelity.corpus")
+    if corpus["source"] in ("none", "default", "file") and not Path(corpus.get("file") or DEFAULT_FIDELITY_TEXT).is_file():
+        raise FileNotFoundError(f"fidelity text not found: {DEFAULT_FIDELITY_TEXT}")
 
 
 def load_option(group: str, option: str, resolve: bool = True) -> dict[str, Any]:
@@ -84,6 +119,7 @@ class Cell:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "none", "formats": [], "calibrated": False})
     calibration: dict[str, Any] = field(default_factory=lambda: {"name": "none", "source": "none"})
     duplicate_calibration: str | None = None  # an uncalibrated cell repeated by a calibration sweep: the first value
+    speed: dict[str, Any] = field(default_factory=lambda: dict(BENCH_DEFAULTS))  # the `speed` group (answers | bench)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, overrides: list[str] | None = None, job_num: int | None = None) -> "Cell":
@@ -104,7 +140,7 @@ class Cell:
                    int(plain["repeats"]), str(Path(plain["store_dir"]).resolve()), str(plain["baseline"]),
                    str(plain.get("store_lock", "file")), float(plain.get("store_lease_s", 60.0)), artifact,
                    margins=dict((plain.get("verdict") or {}).get("margins") or {}), method=method,
-                   calibration=calibration)
+                   calibration=calibration, speed={**BENCH_DEFAULTS, **(plain.get("speed") or {})})
 
     def invalid_reason(self) -> str | None:
         """Why this format × precision pair cannot run (a skip, not an error), or None."""
@@ -139,6 +175,11 @@ class Cell:
         if method.get("calibrated") and not self._quantizes():
             return (f"method {name!r} calibrates a quantization: precision {self.precision['name']!r} keeps the "
                     "weights in floating point (the same build as method=none)")
+        if fmt == "mlx":  # what mlx-lm's AWQ / GPTQ / DWQ / dynamic cannot make (a mode, a mixed recipe, bits)
+            from runner.backends.mlx_methods import unsupported
+
+            if reason := unsupported(method, self.precision):
+                return reason
         if self.duplicate_calibration is not None:
             return (f"the same cell as with calibration={self.duplicate_calibration}: method {name!r} uses no "
                     "calibration data")
@@ -215,6 +256,7 @@ class Cell:
             check_fidelity_config(self.fidelity)
         if self.method.get("calibrated"):
             calibration_data.check(self.calibration)
+        check_speed_config(self.speed, self.format)
         for signal, margin in self.margins.items():
             if signal not in VERDICT_SIGNALS:
                 raise ValueError(f"verdict.margins.{signal}: not a quality signal (one of {', '.join(VERDICT_SIGNALS)})")

@@ -1,6 +1,7 @@
 """run_cell: the one place the stages are ordered.
 
-validate → resolve model → prepare artifact → generate → baseline answers → judge → fidelity → record.
+validate → resolve model → prepare artifact → generate → (speed=bench: bench) → baseline answers → judge →
+fidelity → record.
 A skipped or failed cell is still a record (with its reason); whatever was computed before a failure
 stays in the record and in the store.
 """
@@ -29,6 +30,7 @@ from runner.progress import CellProgress, cell_label
 from runner.prompts import load_prompts
 from runner.records import CellRecord, PromptResult, write_record
 from runner.speed import speed_stats
+from runner.stages.bench import run_bench
 from runner.stages.check import check_answers
 from runner.stages.fidelity import run_fidelity
 from runner.stages.generate import GenerationStage
@@ -124,6 +126,9 @@ class CellRun:
         if any(p.check is not None for p in ctx.prompts):
             with self.timed("check"):
                 check_answers(ctx.store, ctx.prompts, rec.results)
+        if cell.speed.get("name") == "bench":  # llama-bench's protocol while this build is loaded
+            with self.timed("bench"):
+                rec.bench = run_bench(ctx, own, cell.speed)
         mode = str(cell.judge.get("reference", "none")) if judge is not None else "none"
         is_baseline = cell.is_build(cell.baseline)
         in_cell = judge is not None and not self.judge_at_end

@@ -164,6 +164,43 @@ class SpeedStats:
 
 
 @dataclass
+class SpeedBench:
+    """`speed=bench`: llama-bench's protocol in the cell's own engine session (runner/stages/bench.py).
+
+    pp: `pp` random token ids evaluated from an empty context in batches, no sampling; tg: `tg` ids fed one at a
+    time from an empty context (each token's logits computed, nothing sampled, so no EOS can stop it). One
+    untimed warm-up each (pp: a whole pp run; tg: one token), then `r` timed repetitions. Rates are per
+    repetition (tokens / seconds); `*_tps` is their mean, `*_sd` their sample stddev (NaN for r = 1), `*_cv` the
+    coefficient of variation in % (100 × sd / mean).
+    """
+
+    pp: int
+    tg: int
+    r: int
+    pp_tps: float
+    pp_sd: float
+    pp_cv: float
+    tg_tps: float
+    tg_sd: float
+    tg_cv: float
+    pp_samples_s: list[float] = field(default_factory=list)  # seconds of each timed repetition
+    tg_samples_s: list[float] = field(default_factory=list)
+    pp_samples_tps: list[float] = field(default_factory=list)  # tokens / seconds of each repetition
+    tg_samples_tps: list[float] = field(default_factory=list)
+    pp_context: list[int] = field(default_factory=list)  # tokens in the engine's context after each repetition
+    tg_context: list[int] = field(default_factory=list)  # (llama.cpp's KV positions, MLX's cache offset)
+    pp_batch: int = 0  # tokens per prompt batch (llama.cpp: format.n_batch; MLX: mlx_lm's prefill step)
+    threads_pp: int | None = None  # threads of prompt batches (llama.cpp n_threads_batch; MLX: measured)
+    threads_tg: int | None = None  # threads of one-token steps (llama.cpp n_threads)
+    seed: int = 0  # the random token ids' seed
+    ids_sha: str = ""  # sha256 of every bench token id (warm-ups and repetitions): the same in both engines
+    measured_on: str = ""  # host.measured_on: hardware fingerprint / device / threads
+    parallel_jobs: int = 1  # cells the launcher ran at once while this was measured
+    cache_hit: bool = False  # reused from the store (same host, device, threads, engine, artifact, settings)
+    key: str = ""  # its store entry ("" when speed.cache=false)
+
+
+@dataclass
 class HostInfo:
     """Where a cell ran. `fingerprint` hashes the fields that change speed (not the host name)."""
 
@@ -233,6 +270,14 @@ class FidelityResult:
     top_k: int | None = None  # baseline log-probs kept per position; None: the full vocabulary (exact KLD)
     bos_first: bool = False  # every chunk started with the model's BOS (its tokenizer adds one)
     key: str = ""  # the store entry of this score: two records with one key read the same measurement
+    # fidelity.protocol: runner (all positions, top-k + tail) | llamacpp (llama-perplexity --kl-divergence: second
+    # half of each chunk, full vocabulary). Records of different protocols are never ranked together.
+    protocol: str = "runner"
+    corpus_sha: str = ""  # sha256 of the corpus text (text_sha: of the token ids actually scored)
+    corpus: str = ""  # where the corpus came from: default, a file, or a dataset spec
+    chunk_len: int | None = None  # tokens per chunk (llama-perplexity's n_ctx)
+    kld_p95: float | None = None
+    kld_se_token: float | None = None  # SE over tokens as llama-perplexity prints it (Mean KLD ± ...)
 
 
 @dataclass
@@ -265,6 +310,7 @@ class CellRecord:
     host: HostInfo | None = None
     results: list[PromptResult] = field(default_factory=list)
     speed: SpeedStats | None = None
+    bench: SpeedBench | None = None  # speed=bench: llama-bench's protocol (pp / tg, r repetitions)
     fidelity: FidelityResult | None = None
     judge_reference: str = "none"  # what the judge compared answers with: none | prompt | baseline
     judge_note: str | None = None  # why this cell has no judge scores, or what went wrong judging it

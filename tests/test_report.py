@@ -187,3 +187,21 @@ def test_a_baseline_that_passes_no_check_is_a_floor_not_evidence(tmp_path):
         for r in rec.results:
             r.check = CheckOutcome(passed=r.prompt_id != "p1", detail="x")
     assert "the baseline passes no check" not in report(tmp_path, records)
+
+
+def test_llamacpp_protocol_builds_are_held_against_llamacpps_published_table(tmp_path):
+    records = sweep_records()
+    for rec in records[:3]:
+        rec.fidelity.protocol = "llamacpp"
+    plain = report(tmp_path, sweep_records())
+    assert "Against llama.cpp's published KLD" not in plain  # protocol runner: nothing to hold it against
+    md = report(tmp_path, records)
+    section = md.split("## Against llama.cpp's published KLD\n")[1].split("\n## ")[0]
+    assert "Different model, same protocol" in section
+    assert "| gguf q8_0 " in section and "0.001355" in section  # llama.cpp's q8_0 row
+    assert "| gguf q4_0 " in section and "0.07194 " in section
+    assert "gguf fp16" not in section  # the baseline has nothing to compare
+    assert "rank in the same order" in section
+    records[1].fidelity.kld_mean = 0.5  # q8_0 now worse than q4_0: the order flips
+    md = report(tmp_path, records)
+    assert "The order differs from llama.cpp's for 1 of 1 pairs" in md

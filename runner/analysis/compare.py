@@ -247,6 +247,8 @@ def fidelity_delta(fa: FidelityResult | None, fb: FidelityResult | None, level: 
         return empty
     if fa.key and fa.key == fb.key:  # one cached score, read twice
         return {**empty, "same_kld_mean": True, "same_top1_pct": True}
+    if fa.protocol != fb.protocol:  # different measurements (fidelity.protocol): no delta
+        return empty
     d = fb.kld_mean - fa.kld_mean
     se = math.sqrt(fa.kld_se ** 2 + fb.kld_se ** 2)
     enough = min(fa.n_chunks, fb.n_chunks) >= MIN_CHUNKS_FOR_CI and math.isfinite(se)
@@ -317,6 +319,9 @@ def pair_row(build: str, ca: Cell, cb: Cell, n_boot: int = N_BOOT, level: float 
         fa, fb = a.fidelity, b.fidelity
         if fa.baseline != fb.baseline:
             notes.append(f"{build}: fidelity is against {fa.baseline} in A, {fb.baseline} in B.")
+        if fa.protocol != fb.protocol:
+            notes.append(f"⚠️ {build}: fidelity was measured under protocol {fa.protocol} in A and {fb.protocol} in B "
+                         "(fidelity.protocol): different measurements, so no KLD or top-1 Δ is given.")
         if (fa.text_sha, fa.n_tokens) != (fb.text_sha, fb.n_tokens):
             notes.append(f"{build}: fidelity was evaluated on different text ({fa.n_tokens} tokens in A, {fb.n_tokens} "
                          "in B): its Δ mixes the text with the build.")

@@ -58,16 +58,25 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
         "speed_stale_answers": s.stale_answers if s else 0,
         "speed_parallel_jobs": s.parallel_jobs if s else None,
     })
+    row.update(bench_columns(rec))
     row.update(judge_columns([(r.category, j) for r in rec.results for j in r.judgments or [None]]))
     row.update(pairwise_columns(rec.results))
     row.update({"judge_reference": rec.judge_reference, "judge_note": rec.judge_note})
     f = rec.fidelity
     row.update({
         "kld_mean": f.kld_mean if f else math.nan, "kld_se": f.kld_se if f else math.nan,
-        "kld_p99": f.kld_p99 if f else math.nan, "top1_pct": f.top1_pct if f else math.nan,
-        "ppl": f.ppl if f else math.nan, "dppl": f.dppl if f else math.nan,
+        "kld_se_token": _nan(f.kld_se_token) if f else math.nan,
+        "kld_median": f.kld_median if f else math.nan, "kld_p95": _nan(f.kld_p95) if f else math.nan,
+        "kld_p99": f.kld_p99 if f else math.nan, "kld_max": f.kld_max if f else math.nan,
+        "top1_pct": f.top1_pct if f else math.nan, "rms_dp": f.rms_dp if f else math.nan,
+        "ppl": f.ppl if f else math.nan, "baseline_ppl": f.baseline_ppl if f else math.nan,
+        "dppl": f.dppl if f else math.nan,
         "fidelity_baseline": f.baseline if f else None,
         "kld_top_k": (f.top_k if f.top_k is not None else "all") if f else None,
+        # runner | llamacpp: KLDs of different protocols are different measurements, never ranked together
+        "fidelity_protocol": f.protocol if f else None,
+        "fidelity_corpus_sha": f.corpus_sha or None if f else None,
+        "fidelity_tokens": f.n_tokens if f else math.nan,
     })
     definite = [r for r in rec.results if r.check is not None and not r.check.transient]  # timeouts: no verdict
     checked = [r.check.passed for r in definite]
@@ -81,6 +90,22 @@ def record_row(rec: CellRecord) -> dict[str, Any]:
     row["answer_agreement"] = sum(x["exact"] for x in agree) / len(agree) if agree else math.nan
     row["answer_similarity"] = sum(x["token_similarity"] for x in agree) / len(agree) if agree else math.nan
     return row
+
+
+def bench_columns(rec: CellRecord) -> dict[str, Any]:
+    """speed=bench (llama-bench's protocol): mean tok/s of the r repetitions, sample stddev, CV in %; empty
+    (NaN / None) for a cell without a bench."""
+    b = rec.bench
+    nan = math.nan
+    return {
+        "bench_pp_tps": b.pp_tps if b else nan, "bench_pp_sd": _nan(b.pp_sd) if b else nan,
+        "bench_pp_cv": _nan(b.pp_cv) if b else nan,
+        "bench_tg_tps": b.tg_tps if b else nan, "bench_tg_sd": _nan(b.tg_sd) if b else nan,
+        "bench_tg_cv": _nan(b.tg_cv) if b else nan,
+        "bench_pp": b.pp if b else None, "bench_tg": b.tg if b else None, "bench_r": b.r if b else None,
+        "bench_threads_pp": b.threads_pp if b else None, "bench_threads_tg": b.threads_tg if b else None,
+        "bench_cached": b.cache_hit if b else None, "bench_parallel_jobs": b.parallel_jobs if b else None,
+    }
 
 
 def missing_row(job: Job) -> dict[str, Any]:

@@ -6,6 +6,7 @@ The sections, in order, and where each is made (every section function takes a `
   Overview, Highlights, Skipped/Failed cells                        report_overview.py
   Quality, Pairwise, Checks, Checks per item, Per category          report_quality.py
   Fidelity, Speed, Size                                             report_fidelity_speed.py
+  Against llama.cpp's published KLD (protocol llamacpp only)        report_published.py
   Fairness (contract, devices, hardware, parallel speed, cross-engine noise floor)   report_fairness.py
   Statistics                                                        report_statistics.py
   Plots (pareto.png)                                                report_plots.py
@@ -29,6 +30,7 @@ from runner.analysis.report_fidelity_speed import fidelity, size, speed
 from runner.analysis.report_format import fmt  # noqa: F401 - imported from here by runner/reproduce.py
 from runner.analysis.report_overview import highlights, not_ok, overview
 from runner.analysis.report_plots import pareto_png, plots
+from runner.analysis.report_published import published_kld
 from runner.analysis.report_quality import checks, checks_per_item, pairwise, per_category, quality
 from runner.analysis.report_recommendation import MAX_KLD, MIN_TOP1, verdict_section
 from runner.analysis.report_render import Section, render_html, render_markdown
@@ -37,10 +39,11 @@ from runner.analysis.report_statistics import statistics
 
 def sections(d: ReportData, png: bytes | None) -> list[Section]:
     """The report's sections in order; `png`: the plot (None: no plot)."""
-    return [verdict_section(d), overview(d), highlights(d), quality(d), pairwise(d), checks(d), checks_per_item(d),
-            fidelity(d), speed(d), size(d),
+    secs = [verdict_section(d), overview(d), highlights(d), quality(d), pairwise(d), checks(d), checks_per_item(d),
+            fidelity(d), published_kld(d), speed(d), size(d),
             per_category(d), fairness(d), not_ok(d, "skipped"), not_ok(d, "failed"),
             statistics(d), plots(d, png)]
+    return [s for s in secs if s is not None]
 
 
 def write_report(df: pd.DataFrame, findings: SweepFindings, out_dir: Path, *, baseline: str | None = None,

@@ -12,6 +12,16 @@ from runner.analysis.report_format import fmt, labels, labels_by_job
 from runner.identity import build_id
 
 
+def fidelity_protocols(ok: pd.DataFrame) -> tuple[list[str], str | None]:
+    """(the fidelity protocols of the ok cells, the one the sweep ranks by: most cells, ties to `runner`)."""
+    if "fidelity_protocol" not in ok:
+        return [], None
+    counts = ok["fidelity_protocol"].dropna().value_counts()
+    if counts.empty:
+        return [], None
+    return sorted(counts.index), max(counts.index, key=lambda p: (counts[p], p == "runner"))
+
+
 class ReportData:
     """The matrix (`df`, one row per cell) and the sweep's findings, as the section functions read them."""
 
@@ -21,6 +31,13 @@ class ReportData:
         self.baseline = baseline
         self.max_kld, self.min_top1 = max_kld, min_top1
         self.ok = self.df[self.df["status"] == "ok"]
+        # KLDs of different fidelity protocols (runner, llamacpp) are different measurements: a sweep over several
+        # ranks only the cells of one (`protocol`: the most cells, ties to runner) everywhere but the Fidelity
+        # section, which shows every ok cell (`fidelity_ok`) under a loud note.
+        self.fidelity_ok = self.ok
+        self.protocols, self.protocol = fidelity_protocols(self.ok)
+        if len(self.protocols) > 1:
+            self.ok = self.ok[self.ok["fidelity_protocol"].isna() | (self.ok["fidelity_protocol"] == self.protocol)]
         self.judged = "overall" in self.ok and self.ok["overall"].notna().any()
         self.checked = "check_pass" in self.ok and self.ok["check_pass"].notna().any()
         self.paired = "win_rate" in self.ok and self.ok["win_rate"].notna().any()

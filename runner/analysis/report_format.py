@@ -68,6 +68,8 @@ def labels(df: pd.DataFrame) -> pd.Series:
     for col in ("model", "calibration", "generation", "prompts", "judge"):
         if col in df and df[col].nunique(dropna=True) > 1:
             base = base + " " + df[col].astype(str)
+    if "fidelity_protocol" in df and df["fidelity_protocol"].nunique(dropna=True) > 1:  # a cross-protocol sweep
+        base = base + df["fidelity_protocol"].map(lambda p: f" {p}" if isinstance(p, str) else "")
     ran = df["status"] != "skipped"  # a skipped cell never takes the plain label from one that ran
     dup = base.where(ran).duplicated(keep=False) & ran | ~ran & base.isin(base[ran])
     dup |= ~ran & base.where(~ran).duplicated(keep=False)

@@ -118,6 +118,9 @@ def recommendation(d: ReportData) -> tuple[list[str], pd.DataFrame | None]:
     if stopped is not None:
         text.append(f"The sequence stopped at {stopped}: smaller builds are not claimed, whatever their own verdicts "
                     "(that keeps the chance of any false 'not worse' at 2.5 %).")
+    if len(d.protocols) > 1:
+        text.append(f"⚠️ Cross-protocol sweep (fidelity.protocol {', '.join(d.protocols)}): only the {d.protocol} cells "
+                    "are ranked; KLDs of different protocols are never compared (see Fidelity).")
     margins = "".join(f", {NAMES[s]} {fmt(_margin(rows, s))}" for s in sig)
     text.append(f"Thresholds: max_kld={d.max_kld}, min_top1={d.min_top1}{margins} "
                 "(`python -m runner.collect SWEEP --max-kld X --min-top1 Y`; margins: `verdict.margins.*`).")

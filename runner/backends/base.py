@@ -1,13 +1,16 @@
 """The backend protocol (one per format) and the engine-independent generation loop.
 
-Backends only turn token ids into next-token ids (`Session.stream`) and log-probs (`Session.logprobs`);
-stopping, the token cap and timing live here, so every format is measured and stopped the same way.
+Backends only turn token ids into next-token ids (`Session.stream`) and log-probs (`Session.logprobs`), and run
+speed=bench's engine calls (`Session.bench_prefill` / `bench_decode`); stopping, the token cap, timing and the
+bench's loop live here, so every format is measured and stopped the same way.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
@@ -16,6 +19,7 @@ import numpy as np
 from runner.memory import peak_rss_mb
 from runner.model_source import safetensors_header
 from runner.records import ArtifactInfo, Generation, ModelSourceInfo, RuntimeInfo, SamplerParams
+from runner.speed import BenchIds
 from runner.store import Store
 
 if TYPE_CHECKING:
@@ -30,6 +34,17 @@ class Session(Protocol):
         """Next-token ids after `prompt_ids` with `sampler`, until the caller stops consuming."""
     def logprobs(self, token_ids: list[int]) -> np.ndarray:
         """float32 [len(token_ids), vocab]: row i is the log-softmax predicting token i+1, fresh context."""
+
+    prefill_batch: int  # tokens per prompt batch in `bench_prefill`
+
+    def bench_prefill(self, token_ids: list[int]) -> Callable[[], int]:
+        """speed=bench, llama-bench's pp test: an empty context now, and a call (timed by `bench`) that evaluates
+        `token_ids` in batches of `prefill_batch`, no sampling, and returns the tokens then in the engine's context."""
+
+    def bench_decode(self, token_ids: list[int]) -> Callable[[], int]:
+        """speed=bench, llama-bench's tg test: an empty context now, and a call (timed by `bench`) that feeds
+        `token_ids` one at a time, each token's logits computed and none sampled (so no EOS stops it), and returns
+        the tokens then in the engine's context."""
 
 
 class Backend(Protocol):
@@ -95,6 +110,52 @@ def warm_up(session: Session, prompt_ids: list[int]) -> None:
     greedy = SamplerParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
                            max_tokens=WARMUP_TOKENS, seed=0)
     generate(session, prompt_ids, greedy, stop_ids=[])
+
+
+@dataclass
+class BenchTimes:
+    """The timed repetitions of one bench: seconds, and the tokens in the engine's context after each."""
+
+    pp_s: list[float] = field(default_factory=list)
+    pp_context: list[int] = field(default_factory=list)
+    tg_s: list[float] = field(default_factory=list)
+    tg_context: list[int] = field(default_factory=list)
+
+
+def _timed(run: Callable[[], int]) -> tuple[float, int]:
+    """One timed engine call, the garbage collector off while it runs (llama-bench's C++ loop has none)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        n = run()
+        return time.perf_counter() - t0, n
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def bench(session: Session, ids: BenchIds) -> BenchTimes:
+    """llama-bench's loop (tools/llama-bench/llama-bench.cpp, `main`), the same for every engine: the pp test,
+    a whole untimed pp run as warm-up, then one timed run per repetition from an empty context; then the tg test,
+    one untimed token as warm-up, then one timed run per repetition from an empty context. Preparing a run
+    (clearing the context, building batches) is not timed; llama-bench clears before `t_start` too."""
+    out = BenchTimes()
+    for test, prepare, warmup, reps, seconds, context in (
+            ("pp", session.bench_prefill, ids.pp_warmup, ids.pp, out.pp_s, out.pp_context),
+            ("tg", session.bench_decode, ids.tg_warmup, ids.tg, out.tg_s, out.tg_context)):
+        prepare(warmup)()
+        for rep in reps:
+            took, n = _timed(prepare(rep))
+            _check_processed(test, n, len(rep))
+            seconds.append(took)
+            context.append(n)
+    return out
+
+
+def _check_processed(test: str, processed: int, asked: int) -> None:
+    if processed != asked:
+        raise RuntimeError(f"speed=bench {test}: the engine holds {processed} tokens after the run, {asked} were fed")
 
 
 def compare_prompt_ids(rendered: dict[str, RenderedPrompt], tokenize: Callable[[str], list[int]],

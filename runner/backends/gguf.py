@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp loads: idle threads must not spin
 
@@ -195,6 +195,77 @@ class GGUFSession:
         except RuntimeError as e:  # llama_decode failures surface as RuntimeError
             raise RuntimeError(f"llama.cpp decode failed: {e}") from e
 
+    @property
+    def prefill_batch(self) -> int:
+        return self.llm.n_batch
+
+    def _bench_context(self, test: str, n: int) -> Any:
+        """The context emptied for a speed=bench run (llama-bench: `llama_memory_clear(mem, false)` before
+        `t_start`); the bindings' own bookkeeping (`n_tokens`) emptied with it."""
+        import llama_cpp as lib
+
+        if n > self.n_ctx:
+            raise ValueError(f"speed.{test}={n} exceeds format.n_ctx={self.n_ctx}")
+        ctx = self.llm._ctx.ctx
+        lib.llama_memory_clear(lib.llama_get_memory(ctx), False)
+        self.llm.reset()
+        return ctx
+
+    def bench_prefill(self, token_ids: list[int]) -> Callable[[], int]:
+        """llama-bench's `test_prompt`: `llama_decode` of batches of `n_batch` tokens from an empty context, the
+        last token of each batch with logits (`common_batch_get_one`), then `llama_synchronize`; no sampling."""
+        import llama_cpp as lib
+
+        ctx = self._bench_context("pp", len(token_ids))
+        batches = []
+        for start in range(0, len(token_ids), self.llm.n_batch):
+            chunk = token_ids[start:start + self.llm.n_batch]
+            batch = lib.llama_batch_init(len(chunk), 0, 1)
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, start + i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, i == len(chunk) - 1
+            batches.append(batch)
+        decode, sync, mem = lib.llama_decode, lib.llama_synchronize, lib.llama_get_memory(ctx)
+
+        def run() -> int:
+            try:
+                for batch in batches:
+                    if (rc := decode(ctx, batch)) != 0:
+                        raise RuntimeError(f"llama.cpp decode failed (llama_decode returned {rc})")
+                sync(ctx)
+                return int(lib.llama_memory_seq_pos_max(mem, 0)) + 1
+            finally:
+                for batch in batches:
+                    lib.llama_batch_free(batch)
+                batches.clear()
+
+        return run
+
+    def bench_decode(self, token_ids: list[int]) -> Callable[[], int]:
+        """llama-bench's `test_gen`: one token per `llama_decode` from an empty context, its logits computed, then
+        `llama_synchronize`; the next id is the given one, never a sampled one."""
+        import llama_cpp as lib
+
+        ctx = self._bench_context("tg", len(token_ids))
+        batch = lib.llama_batch_init(1, 0, 1)
+        batch.n_tokens, batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 1, 1, 0, True
+        decode, sync, mem = lib.llama_decode, lib.llama_synchronize, lib.llama_get_memory(ctx)
+        tokens, positions = batch.token, batch.pos
+
+        def run() -> int:
+            try:
+                for pos, tok in enumerate(token_ids):
+                    tokens[0], positions[0] = tok, pos
+                    if (rc := decode(ctx, batch)) != 0:
+                        raise RuntimeError(f"llama.cpp decode failed (llama_decode returned {rc})")
+                    sync(ctx)
+                return int(lib.llama_memory_seq_pos_max(mem, 0)) + 1
+            finally:
+                lib.llama_batch_free(batch)
+
+        return run
+
     def logprobs(self, token_ids: list[int]) -> np.ndarray:
         from llama_cpp import Llama
 
@@ -282,6 +353,9 @@ class GGUFBackend:
             out = tmp / "model.gguf"
             if imatrix is not None:  # llama.cpp's own quantizer, with the importance matrix
                 warnings = gguf_imatrix.quantize(store, base_file, out, ftype, imatrix, requantize)
+                if ftype == base_type:  # llama-quantize copies a tensor already of the target type
+                    warnings.append(f"the source GGUF is already {ftype}: llama-quantize copies tensors of the "
+                                    "target type as they are, so the importance matrix changes nothing here")
                 built = imatrix.manifest["tools"]
                 tools = {**versions, "llama-tools": f"{built['key'][:12]} (llama.cpp {built['llama.cpp']})"}
                 return {"tool_versions": tools, "warnings": warnings, "imatrix": imatrix.key, **_sizes(out)}

@@ -12,12 +12,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from runner.backends import mlx_methods
 from runner.backends.base import artifact_info, compare_prompt_ids, log_softmax, safetensors_data_bytes
 from runner.model_source import content_hash, safetensors_header
 from runner.records import ArtifactInfo, ModelSourceInfo, RuntimeInfo, SamplerParams
 from runner.store import Store
 
 REPETITION_CONTEXT = 64  # same window as the GGUF backend
+PREFILL_STEP = 2048  # speed=bench prompt steps: mlx_lm's `prefill_step_size` default (generate_step, mlx_lm.benchmark)
 SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -116,6 +118,58 @@ class MLXSession:
                                       sampler=sampling_chain(sampler), logits_processors=processors):
             yield token
 
+    prefill_batch = PREFILL_STEP
+
+    def bench_prefill(self, token_ids: list[int]) -> Callable[[], int]:
+        """speed=bench pp, as mlx_lm's `generate_step` evaluates a prompt (mlx_lm/generate.py, the prefill loop):
+        all ids but the last in steps of `prefill_step_size`, the KV cache evaluated after each, then the last id
+        with its logits evaluated; no sampling. The same work as llama.cpp's batches (no output rows but the last)."""
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import make_prompt_cache
+
+        mx, model = self.mx, self.model
+        cache = make_prompt_cache(model)
+        ids = mx.array(token_ids)
+        steps = [ids[i:min(i + PREFILL_STEP, len(token_ids) - 1)] for i in range(0, len(token_ids) - 1, PREFILL_STEP)]
+        last = ids[-1:]
+        mx.eval(steps, last)
+
+        def run() -> int:
+            with mx.stream(generation_stream):
+                for step in steps:
+                    model(step[None], cache=cache)
+                    mx.eval([c.state for c in cache])
+                mx.eval(model(last[None], cache=cache)[:, -1, :])
+            return int(cache[0].offset)
+
+        return run
+
+    def bench_decode(self, token_ids: list[int]) -> Callable[[], int]:
+        """speed=bench tg: one id per model call from an empty KV cache, each call's logits evaluated, the next id
+        the given one (never sampled). Pipelined as mlx_lm's `generate_step` is (`mx.async_eval` of step i+1's
+        logits before waiting for step i's): how MLX generates, the Python graph building overlapped."""
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import make_prompt_cache
+
+        mx, model = self.mx, self.model
+        cache = make_prompt_cache(model)
+        inputs = [mx.array([[t]]) for t in token_ids]
+        mx.eval(inputs)
+
+        def run() -> int:
+            with mx.stream(generation_stream):
+                pending = None
+                for x in inputs:
+                    logits = model(x, cache=cache)[:, -1, :]
+                    mx.async_eval(logits)
+                    if pending is not None:
+                        mx.eval(pending)
+                    pending = logits
+                mx.eval(pending)
+            return int(cache[0].offset)
+
+        return run
+
     def logprobs(self, token_ids: list[int]) -> np.ndarray:
         mx = self.mx
         logits = self.model(mx.array([token_ids]))[0].astype(mx.float32)
@@ -159,12 +213,15 @@ class MLXBackend:
                 calibration: Any = None) -> ArtifactInfo:
         if precision.get("prebuilt"):
             return self._prebuilt(Path(precision["path"]), source, store)
+        tokenizer_dir = source_dir
         if source.gguf_path:  # a model given as a GGUF file: MLX converts its dequantized weights
             from runner.backends.gguf_source import weights_folder
 
             source_dir = weights_folder(source, store)
         params = dict(precision.get("mlx") or {})
         versions = tool_versions()
+        if str((method or {}).get("name", "none")) in mlx_methods.METHODS:
+            return self._calibrated(source_dir, tokenizer_dir, source, precision, format_cfg, store, method, calibration)
         payload = {"source": source.content_hash, "params": params, "tool_versions": versions}
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -177,7 +234,49 @@ class MLXBackend:
                 convert(str(source_dir), mlx_path=str(out), quantize=bool(bits or recipe),
                         q_group_size=params.get("group_size"), q_bits=bits, q_mode=params.get("mode", "affine"),
                         dtype=params.get("dtype"), quant_predicate=recipe)
-            return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits),
+            return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits or recipe),
+                    "tensor_bytes": sum(safetensors_data_bytes(p) for p in out.glob("*.safetensors"))}
+
+        entry = store.get_or_build("mlx", payload, build)
+        return artifact_info(entry, entry.path / "model", source)
+
+    def _calibrated(self, source_dir: Path, tokenizer_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
+                    format_cfg: dict[str, Any], store: Store, method: dict[str, Any], calibration: Any) -> ArtifactInfo:
+        """mlx-lm's AWQ / GPTQ / DWQ / dynamic quantization on the calibration text (runner/backends/mlx_methods.py).
+
+        The key holds the plain build's (source, precision params, tool versions) plus the method, its parameters,
+        the calibration text's sha256 and the dtype the method computes in.
+        """
+        name = str(method["name"])
+        if calibration is None:
+            raise ValueError(f"method={name} needs calibration data (calibration=default, file or dataset)")
+        if reason := mlx_methods.unsupported(method, precision):
+            raise ValueError(reason)
+        params = dict(precision.get("mlx") or {})
+        settings = mlx_methods.settings(method)
+        compute = mlx_methods.compute_dtype(format_cfg, device())
+        versions = tool_versions()
+        keyed = {**params, "method": name, name: settings, "calibration": calibration.sha256, "compute_dtype": compute}
+        payload = {"source": source.content_hash, "params": keyed, "tool_versions": versions,
+                   "method_code": mlx_methods.CODE_VERSION}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            from runner.backends import text_codec
+            from runner.contract import ChatRenderer
+
+            out = tmp / "model"
+            codec = text_codec(source)  # the tokenizer of record (a GGUF source's own)
+            try:
+                renderer = ChatRenderer(tokenizer_dir, None, chat=False, codec=codec)
+                renderer.tokenizer.model_max_length = 1 << 62  # the text is cut into samples: no length warning
+                built = mlx_methods.build(name, settings, precision, source_dir, renderer.encode, renderer.bos_id(),
+                                          Path(calibration.path).read_text(encoding="utf-8"), out, compute)
+            finally:
+                if codec is not None:
+                    codec.close()
+            return {"tool_versions": versions, "method": built.details,
+                    "calibration": {"name": calibration.name, **calibration.spec},
+                    "warnings": _quantization_warnings(out, True) + built.warnings,
                     "tensor_bytes": sum(safetensors_data_bytes(p) for p in out.glob("*.safetensors"))}
 
         entry = store.get_or_build("mlx", payload, build)
@@ -204,9 +303,9 @@ class MLXBackend:
         return MLXSession(Path(artifact.path), self.runtime(format_cfg, artifact).compute_dtype)
 
 
-def _quantization_warnings(model_dir: Path, bits: int | None) -> list[str]:
+def _quantization_warnings(model_dir: Path, quantized: Any) -> list[str]:
     """mlx_lm silently skips layers whose input dim is not divisible by the group size: report them."""
-    if not bits:
+    if not quantized:
         return []
     dense = []
     for path in sorted(model_dir.glob("*.safetensors")):
