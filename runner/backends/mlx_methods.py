@@ -309,6 +309,7 @@ def _dwq(model: Any, config: dict, data: np.ndarray, cfg: dict, q: dict, save_dt
 def _dynamic(model: Any, config: dict, data: np.ndarray, cfg: dict, q: dict, save_dtype: Any, compute_dt: Any,
              built: Built) -> tuple[Any, dict]:
     import mlx.core as mx
+    import mlx.nn as nn
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities, estimate_threshold
     from mlx_lm.utils import compute_bits_per_weight, quantize_model
 
@@ -326,6 +327,12 @@ def _dynamic(model: Any, config: dict, data: np.ndarray, cfg: dict, q: dict, sav
     mx.eval(model.parameters())
     threshold = estimate_threshold(model, sens, target, low_bits, low_group, high_bits, high_group)
     high = sorted(p for p, s in sens.items() if s > threshold)
+    # the floor: every layer at the low bits, counted the same way (float32 scales and biases add 64/group bits)
+    floor_model = copy.deepcopy(model)
+    nn.quantize(floor_model, group_size=low_group, bits=low_bits,
+                class_predicate=lambda _, m: hasattr(m, "to_quantized"))
+    floor = float(compute_bits_per_weight(floor_model))
+    del floor_model
 
     def predicate(path: str, module: Any) -> Any:
         if not hasattr(module, "to_quantized"):
@@ -334,14 +341,17 @@ def _dynamic(model: Any, config: dict, data: np.ndarray, cfg: dict, q: dict, sav
 
     model, config = quantize_model(model, config, low_group, low_bits, quant_predicate=predicate)
     achieved = float(compute_bits_per_weight(model))
-    built.details.update(target_bpw=target, achieved_mlx_bpw=round(achieved, 4), high_layers=high,
-                         layers=len(sens), sensitivities={k: round(float(v), 6) for k, v in sens.items()})
+    built.details.update(target_bpw=target, achieved_mlx_bpw=round(achieved, 4), floor_mlx_bpw=round(floor, 4),
+                         high_layers=high, layers=len(sens),
+                         sensitivities={k: round(float(v), 6) for k, v in sens.items()})
     built.warnings.append(f"dynamic: {len(high)} of {len(sens)} layers at {high_bits} bits (group {high_group}), "
                           f"the rest at {low_bits}: {achieved:.3f} bits/weight by mlx-lm's count for a target of "
-                          f"{target:g}")
-    if not high:
-        built.warnings.append(f"dynamic: no layer got the high bits: a uniform {low_bits}-bit model (the target "
-                              f"{target:g} is at or below the low bits' floor; mlx-lm #1758)")
+                          f"{target:g} (all at {low_bits} bits: {floor:.3f})")
+    if target - floor < 0.1 * (high_bits - low_bits):
+        built.warnings.append(f"dynamic: method.dynamic.target_bpw={target:g} is {'below' if target < floor else 'at'} "
+                              f"the {low_bits}-bit floor of {floor:.3f} bits/weight (scales and biases in "
+                              f"{_name(save_dtype)}): {'no layer' if not high else f'only {len(high)} layer(s)'} got "
+                              f"the high bits, a near-uniform {low_bits}-bit model (mlx-lm #1758)")
     elif len(high) == len(sens):
         built.warnings.append(f"dynamic: every layer got the high bits: a uniform {high_bits}-bit model")
     return model, config
