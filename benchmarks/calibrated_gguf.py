@@ -10,15 +10,13 @@ whether the imatrix lowered the KLD (llama.cpp's published table: it does, for e
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+from sweep_run import only_sweep, run_sweep  # the script's own folder is on sys.path
+
 TYPES = ("fp16,q8_0,q6_k,q5_k_m,q5_k_s,q4_k_m,q4_k_s,q4_0,q3_k_l,q3_k_m,q3_k_s,q2_k,"
          "iq4_xs,iq4_nl,iq3_s,iq3_xxs,iq2_s,iq2_xs,iq2_xxs,iq1_m,iq1_s")
 
@@ -31,14 +29,8 @@ def main() -> None:
     sweep = [f"model={args.model}", "format=gguf", f"precision={TYPES}", "method=none,imatrix",
              "generation.max_tokens=1", "fidelity.tokens=2048", "fidelity.chunk_len=512",
              "quiet=true", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "runner", "-m", *sweep, f"outputs_root={root}"], cwd=REPO,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        sys.exit(proc.returncode)
-    (path,) = (root / "multirun").iterdir()
+    _, wall = run_sweep(sweep, root)
+    path = only_sweep(root)
     df = pd.read_csv(path / "matrix.csv")
     ok = df[df.status == "ok"]
     table = ok.pivot_table(index="precision", columns="method", values=["kld_mean", "top1_pct", "size_gb",

@@ -22,15 +22,13 @@ REDUCED settings (printed under the table): a few calibration samples, a coarser
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+from sweep_run import run_sweep  # the script's own folder is on sys.path
+
 FIDELITY = ["generation.max_tokens=1", "fidelity.tokens=1024", "fidelity.chunk_len=512", "quiet=true"]
 PRECISIONS = "fp16,4bit,mixed_4_6,mxfp4"
 # per method: the precisions (DWQ would also run on mixed_4_6: left out for time) and the reduced settings
@@ -46,13 +44,7 @@ TINY = ["model=tiny", "format=mlx", "precision=4bit,mixed_4_6,mxfp4", "method=no
 
 
 def run(args: list[str], root: Path) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "runner", "-m", *args, f"outputs_root={root}"], cwd=REPO,
-                          capture_output=True, text=True)
-    if proc.returncode not in (0, 1):
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        sys.exit(proc.returncode)
-    return time.perf_counter() - t0
+    return run_sweep(args, root)[1]
 
 
 def load(root: Path, last: int | None = None) -> pd.DataFrame:

@@ -10,28 +10,21 @@ source: fidelity is vs that source, not vs the original FP16 weights.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from sweep_run import only_sweep, run_sweep  # the script's own folder is on sys.path
+
 SWEEP = ["model=gemma3_270m", "format=gguf,mlx", "precision=fp16,q8_0,q6_k,q4_k_m,q4_0,8bit,4bit",
          "generation.max_tokens=32", "fidelity.tokens=512", "fidelity.chunk_len=256", "quiet=true"]
 
 
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="real-model-"))
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "runner", "-m", *SWEEP, *sys.argv[1:], f"outputs_root={root}"],
-                          cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    proc, wall = run_sweep([*SWEEP, *sys.argv[1:]], root)
     print(proc.stdout[-6000:])
-    if proc.returncode not in (0, 1):
-        print(proc.stderr[-3000:], file=sys.stderr)
-        sys.exit(proc.returncode)
-    (sweep,) = (root / "multirun").iterdir()
+    sweep = only_sweep(root)
     print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min) on {os.cpu_count()} cores; sweep: {sweep}")
     print((sweep / "matrix.md").read_text())
 
