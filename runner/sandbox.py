@@ -259,26 +259,28 @@ def _skeleton(root: Path, work: Path) -> list[tuple[str, str, str]]:
               os.path.dirname(os.path.realpath(sys.executable))]
     paths = sorted({p for p in wanted if os.path.lexists(p)} | {os.path.realpath(p) for p in wanted if
                                                                  os.path.lexists(p)})
-    mounts: list[tuple[str, str, str]] = []
+    # The work dir is the child's /tmp, bound first: an interpreter under /tmp (a venv in a scratch clone) is then
+    # bound on top of it, its mount point made in the work dir (a point made in the root's /tmp would be hidden).
+    _mount_point(f"{root}/tmp", True)
+    mounts: list[tuple[str, str, str]] = [(str(work), f"{root}/tmp", "rw")]
     done: list[str] = []
     for path in paths:
         if any(path == d or path.startswith(d.rstrip("/") + "/") for d in done):
             continue
         done.append(path)
         target = str(root) + path
-        _makedirs(os.path.dirname(target))
+        made = str(work) + path[len("/tmp"):] if path.startswith("/tmp/") else target
+        _makedirs(os.path.dirname(made))
         real = os.path.realpath(path)
         if real != path:  # a symlink, or a path through one: a link in the new root
-            os.symlink(os.readlink(path) if os.path.islink(path) else real, target)
+            os.symlink(os.readlink(path) if os.path.islink(path) else real, made)
         else:
-            _mount_point(target, os.path.isdir(path))
+            _mount_point(made, os.path.isdir(path))
             mounts.append((path, target, "ro"))
     for name in _DEVICES:
         _makedirs(f"{root}/dev")
         _mount_point(f"{root}/dev/{name}", False)
         mounts.append((f"/dev/{name}", f"{root}/dev/{name}", "dev"))
-    _mount_point(f"{root}/tmp", True)
-    mounts.append((str(work), f"{root}/tmp", "rw"))
     return mounts
 
 
