@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.store import Store
+from runner.store import Store, sha256_file
 
 DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "calibration.txt"
 KIND = "calibration"  # store kind of a dataset's text
@@ -64,10 +64,13 @@ def resolve(method: dict[str, Any], calibration: dict[str, Any], store: Store) -
     return text_source(calibration, store, name=name, default=DEFAULT_TEXT)
 
 
-def text_source(cfg: dict[str, Any], store: Store, *, name: str, default: Path,
+def text_source(cfg: dict[str, Any], store: Store | None, *, name: str, default: Path,
                 setting: str = "calibration") -> Calibration:
     """A text from the `calibration` group's keys: `source` none/default (the bundled `default` text), file (`file`;
-    null: `default`) or dataset (`dataset`, `config`, `split`, `column`, `rows`, `revision`), with its sha256."""
+    null: `default`) or dataset (`dataset`, `config`, `split`, `column`, `rows`, `revision`), with its sha256.
+
+    `store` memoizes a file's digest and holds a dataset's text; without one a file is hashed directly and a dataset
+    is an error."""
     source = cfg.get("source", "none")
     if source in ("none", "default", "file"):
         path = Path(str(cfg.get("file") or default)).expanduser().resolve()
@@ -77,7 +80,10 @@ def text_source(cfg: dict[str, Any], store: Store, *, name: str, default: Path,
             path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{setting}.file {path}: not UTF-8 text ({e})") from None
-        return Calibration(name, path, store.file_digest(path), {"file": str(path)})
+        digest = store.file_digest(path) if store is not None else sha256_file(path)
+        return Calibration(name, path, digest, {"file": str(path)})
+    if store is None:
+        raise ValueError(f"{_dataset_option(setting)} needs the store (its text is written there once)")
     return _dataset(name, cfg, store, setting)
 
 

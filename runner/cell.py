@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import calibration as calibration_data
 from runner.identity import build_id, parse_build_id
 from runner.locks import LOCK_KINDS
+from runner.metrics.fidelity import PROTOCOLS  # fidelity.protocol's values: the scoring code's own list
 from runner.records import CellIdentity, SamplerParams
 from runner.speed import BENCH_DEFAULTS, check_speed_config
 
@@ -35,14 +36,11 @@ def parse_top_k(value: Any) -> int | None:
     return k
 
 
-FIDELITY_PROTOCOLS = ("runner", "llamacpp")
-
-
 def fidelity_protocol(fid: dict[str, Any]) -> str:
     """`fidelity.protocol`: runner (every position, top-k + tail) or llamacpp (llama-perplexity's --kl-divergence)."""
     protocol = fid.get("protocol") or "runner"
-    if protocol not in FIDELITY_PROTOCOLS:
-        raise ValueError(f"fidelity.protocol must be one of {', '.join(FIDELITY_PROTOCOLS)}, got {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"fidelity.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     return str(protocol)
 
 

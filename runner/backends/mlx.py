@@ -221,7 +221,17 @@ class MLXBackend:
         params = dict(precision.get("mlx") or {})
         versions = tool_versions()
         if str((method or {}).get("name", "none")) in mlx_methods.METHODS:
-            return self._calibrated(source_dir, tokenizer_dir, source, precision, format_cfg, store, method, calibration)
+            payload, build = self._calibrated(source_dir, tokenizer_dir, source, precision, params, versions,
+                                              format_cfg, method, calibration)
+        else:
+            payload, build = self._plain(source_dir, source, params, versions)
+        entry = store.get_or_build("mlx", payload, build)
+        return artifact_info(entry, entry.path / "model", source)
+
+    @staticmethod
+    def _plain(source_dir: Path, source: ModelSourceInfo, params: dict[str, Any],
+               versions: dict[str, str]) -> tuple[dict[str, Any], Callable[[Path], dict[str, Any]]]:
+        """mlx_lm.convert with the precision's bits, group size, mode, dtype or mixed recipe: its key and build."""
         payload = {"source": source.content_hash, "params": params, "tool_versions": versions}
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -235,14 +245,17 @@ class MLXBackend:
                         q_group_size=params.get("group_size"), q_bits=bits, q_mode=params.get("mode", "affine"),
                         dtype=params.get("dtype"), quant_predicate=recipe)
             return {"tool_versions": versions, "warnings": _quantization_warnings(out, bits or recipe),
-                    "tensor_bytes": sum(safetensors_data_bytes(p) for p in out.glob("*.safetensors"))}
+                    "tensor_bytes": _tensor_bytes(out)}
 
-        entry = store.get_or_build("mlx", payload, build)
-        return artifact_info(entry, entry.path / "model", source)
+        return payload, build
 
-    def _calibrated(self, source_dir: Path, tokenizer_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
-                    format_cfg: dict[str, Any], store: Store, method: dict[str, Any], calibration: Any) -> ArtifactInfo:
-        """mlx-lm's AWQ / GPTQ / DWQ / dynamic quantization on the calibration text (runner/backends/mlx_methods.py).
+    @staticmethod
+    def _calibrated(source_dir: Path, tokenizer_dir: Path, source: ModelSourceInfo, precision: dict[str, Any],
+                    params: dict[str, Any], versions: dict[str, str], format_cfg: dict[str, Any],
+                    method: dict[str, Any], calibration: Any,
+                    ) -> tuple[dict[str, Any], Callable[[Path], dict[str, Any]]]:
+        """mlx-lm's AWQ / GPTQ / DWQ / dynamic quantization on the calibration text (runner/backends/mlx_methods.py):
+        its key and build.
 
         The key holds the plain build's (source, precision params, tool versions) plus the method, its parameters,
         the calibration text's sha256 and the dtype the method computes in.
@@ -252,10 +265,8 @@ class MLXBackend:
             raise ValueError(f"method={name} needs calibration data (calibration=default, file or dataset)")
         if reason := mlx_methods.unsupported(method, precision):
             raise ValueError(reason)
-        params = dict(precision.get("mlx") or {})
         settings = mlx_methods.settings(method)
         compute = mlx_methods.compute_dtype(format_cfg, device())
-        versions = tool_versions()
         keyed = {**params, "method": name, name: settings, "calibration": calibration.sha256, "compute_dtype": compute}
         payload = {"source": source.content_hash, "params": keyed, "tool_versions": versions,
                    "method_code": mlx_methods.CODE_VERSION}
@@ -277,10 +288,9 @@ class MLXBackend:
             return {"tool_versions": versions, "method": built.details,
                     "calibration": {"name": calibration.name, **calibration.spec},
                     "warnings": _quantization_warnings(out, True) + built.warnings,
-                    "tensor_bytes": sum(safetensors_data_bytes(p) for p in out.glob("*.safetensors"))}
+                    "tensor_bytes": _tensor_bytes(out)}
 
-        entry = store.get_or_build("mlx", payload, build)
-        return artifact_info(entry, entry.path / "model", source)
+        return payload, build
 
     def _prebuilt(self, folder: Path, source: ModelSourceInfo, store: Store) -> ArtifactInfo:
         """A published MLX model folder evaluated as it is: registered in the store by its content, never copied."""
@@ -301,6 +311,10 @@ class MLXBackend:
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
         return MLXSession(Path(artifact.path), self.runtime(format_cfg, artifact).compute_dtype)
+
+
+def _tensor_bytes(model_dir: Path) -> int:
+    return sum(safetensors_data_bytes(p) for p in model_dir.glob("*.safetensors"))
 
 
 def _quantization_warnings(model_dir: Path, quantized: Any) -> list[str]:

@@ -65,6 +65,14 @@ def scored_rows(protocol: str, chunk_len: int) -> slice:
     if protocol == "runner":
         return slice(0, chunk_len - 1)
     raise ValueError(f"fidelity.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def scored(protocol: str, chunk: list[int]) -> tuple[slice, np.ndarray]:
+    """The scored rows of a chunk's log-probs and the token ids they predict."""
+    rows = scored_rows(protocol, len(chunk))
+    return rows, np.asarray(chunk[rows.start + 1:])
+
+
 _BLOCK_ELEMS = 1 << 22  # float64 work block: 32 MB, a few temporaries of it at a time
 
 

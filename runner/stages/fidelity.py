@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from runner import calibration
 from runner.backends.base import Session
 from runner.cell import DEFAULT_FIDELITY_TEXT, fidelity_corpus, fidelity_protocol, parse_top_k
@@ -29,7 +27,7 @@ from runner.memory import peak_rss_mb, reset_peak_rss
 from runner.metrics import fidelity
 from runner.records import FidelityResult, from_dict
 from runner.stages.generate import GenerationStage, runtime_key
-from runner.store import Entry, Store, sha256_file
+from runner.store import Entry, Store
 
 # Bump whenever log-prob extraction, the stored baseline format, scoring code or the result record changes.
 FIDELITY_CODE_VERSION = 4
@@ -42,15 +40,7 @@ def corpus(fid_cfg: dict[str, Any], store: Store | None = None) -> calibration.C
     `store` is needed only for a dataset (its text is written into the store once).
     """
     cfg = fidelity_corpus(fid_cfg)
-    source = cfg["source"]
-    name = "dataset" if source == "dataset" else ("file" if cfg.get("file") else "default")
-    if source == "dataset" and store is None:
-        raise ValueError("fidelity.corpus.source=dataset needs the store")
-    if store is None:  # a file: no store entry involved
-        path = Path(str(cfg.get("file") or DEFAULT_FIDELITY_TEXT)).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"fidelity.corpus.file: file not found: {path}")
-        return calibration.Calibration(name, path, sha256_file(path), {"file": str(path)})
+    name = "dataset" if cfg["source"] == "dataset" else ("file" if cfg.get("file") else "default")
     return calibration.text_source(cfg, store, name=name, default=DEFAULT_FIDELITY_TEXT, setting="fidelity.corpus")
 
 
@@ -118,8 +108,7 @@ def baseline_entry(store: Store, base: GenerationStage, chunks: list[list[int]],
         for i, chunk in enumerate(chunks):
             logp = session.logprobs(chunk)
             vocab = logp.shape[1]
-            rows = fidelity.scored_rows(protocol, len(chunk))
-            nxt = np.asarray(chunk[rows.start + 1:])
+            rows, nxt = fidelity.scored(protocol, chunk)
             if protocol == "llamacpp":
                 data = fidelity.full_baseline(logp[rows], nxt)
             else:
@@ -140,8 +129,7 @@ def score(session: Session, base_dir: Path, base_vocab: int, chunks: list[list[i
         logp, warning = fidelity.align_vocab(base_vocab, logp)
         if warning and warning not in warnings:
             warnings.append(warning)
-        rows = fidelity.scored_rows(protocol, len(chunk))
-        nxt = np.asarray(chunk[rows.start + 1:])
+        rows, nxt = fidelity.scored(protocol, chunk)
         if protocol == "llamacpp":
             base = fidelity.load_baseline_chunk(base_dir / f"chunk_{i:04d}.npz", full=True)
             stats.append(fidelity.full_chunk_stats(base, logp[rows], nxt))
