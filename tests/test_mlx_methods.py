@@ -199,6 +199,27 @@ def test_dynamic_records_the_bits_it_achieved_and_a_target_at_the_floor(sweep):
     assert plain.bits_per_weight <= rec.artifact.bits_per_weight < to_five.bits_per_weight
 
 
+def test_the_precisions_dtype_sets_the_saved_scales_with_or_without_a_method(sweep):
+    """`precision.mlx.dtype` is mlx_lm.convert's --dtype for a plain build and a method's build alike (a bfloat16
+    checkpoint's 4.5 bits/weight); a dtype convert does not know is the cell's error, naming the key."""
+    from runner.backends.mlx import weights_dtype
+
+    root, _, _, records = sweep
+    proc = run_runner(["-m", "format=mlx", "precision=4bit", "method=none,gptq", *SMALL,
+                       "++precision.mlx.dtype=bfloat16", *NO_FID], root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = {r.cell.method: r for r in map(read_cell_record, sweep_dirs(root)[-1].glob("*/result.json"))}
+    for method in ("none", "gptq"):  # the tiny model is a float16 checkpoint: its own builds keep float16 scales
+        art, own = recs[method].artifact, records[("4bit", method)].artifact
+        assert (weights_dtype(Path(art.path)), weights_dtype(Path(own.path))) == ("bfloat16", "float16")
+        assert art.params["dtype"] == "bfloat16" and art.path != own.path
+        assert art.bits_per_weight == pytest.approx(own.bits_per_weight)  # 2-byte scales and biases either way
+    bad = run_runner(["format=mlx", "precision=4bit", "++precision.mlx.dtype=float8", *NO_FID], root)
+    (rec,) = [read_cell_record(p) for p in sorted((root / "runs").iterdir())[-1].glob("result.json")]
+    assert rec.status == "failed" and "precision.mlx.dtype must be one of float16, bfloat16, float32, got 'float8'" \
+        in rec.reason, (rec.reason, bad.stderr[-2000:])
+
+
 def test_too_little_calibration_text_for_dwq_fails_the_cell_with_its_reason(tmp_path):
     text = tmp_path / "short.txt"
     text.write_text(CALIBRATION.read_text()[:300])

@@ -219,6 +219,9 @@ class MLXBackend:
 
             source_dir = weights_folder(source, store)
         params = dict(precision.get("mlx") or {})
+        if params.get("dtype") not in (None, *mlx_methods.CONVERSION_DTYPES):  # mlx_lm.convert would ignore it
+            raise ValueError(f"precision.mlx.dtype must be one of {', '.join(mlx_methods.CONVERSION_DTYPES)}, "
+                             f"got {params['dtype']!r} (conf/precision/{precision.get('name')}.yaml)")
         versions = tool_versions()
         if str((method or {}).get("name", "none")) in mlx_methods.METHODS:
             payload, build = self._calibrated(source_dir, tokenizer_dir, source, precision, params, versions,

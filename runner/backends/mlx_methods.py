@@ -20,11 +20,11 @@ one dropped, each starting with the model's BOS where its tokenizer adds one (as
   the resulting predicate, as its `main` does.
 
 Every method computes in the resolved compute dtype (`format.compute_dtype`: `auto` is float32 on CPU, where float16
-runs slower, and the model's dtype on a GPU) and saves in the dtype `mlx_lm.convert` would (the model config's
-`torch_dtype`), so a calibrated build differs from the plain one by its method only, loads through the same
-`MLXSession` and is scored the same. What a method changes beyond the precision (AWQ's embedding bits and fused
-scales, GPTQ's fallback layers, DWQ's trained scales and norms, the layers dynamic gave the high bits, the dtype
-computed in) is in the artifact's warnings.
+runs slower, and the model's dtype on a GPU) and saves in the dtype `mlx_lm.convert` would (the precision's
+`mlx.dtype` where it sets one, else the model config's `torch_dtype`), so a calibrated build differs from the plain
+one by its method only, loads through the same `MLXSession` and is scored the same. What a method changes beyond the
+precision (AWQ's embedding bits and fused scales, GPTQ's fallback layers, DWQ's trained scales and norms, the layers
+dynamic gave the high bits, the dtype computed in) is in the artifact's warnings.
 
 All four run on CPU in mlx 0.32.4 / mlx-lm 0.32.2 (measured); none needs Metal. They are slow there: MLX's Linux CPU
 matmul ran at ~2 GFLOP/s on one thread (2026-11-30, 2 shared cores), and with mlx-lm's default settings the tiny
@@ -151,7 +151,7 @@ def build(name: str, cfg: dict[str, Any], precision: dict[str, Any], model_dir: 
 
     t0 = time.perf_counter()
     model, tokenizer, config = load(str(model_dir), return_config=True, lazy=True)
-    save_dtype = _conversion_dtype(model, config)
+    save_dtype = _conversion_dtype(model, config, (precision.get("mlx") or {}).get("dtype"))
     compute_dt = save_dtype if compute == "model" else getattr(mx, compute)
     drawn = int(cfg["num_samples"])
     if name == "dwq" and drawn > 0:  # DWQ's validation samples come after its training ones (mlx-lm's load_data)
@@ -364,13 +364,13 @@ def _name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
-def _conversion_dtype(model: Any, config: dict) -> Any:
-    """The dtype mlx_lm.convert saves this model in (config torch_dtype / text_config dtype), the model cast to it;
-    else the dtype its weights were loaded in."""
+def _conversion_dtype(model: Any, config: dict, requested: str | None = None) -> Any:
+    """The dtype mlx_lm.convert saves this model in (the precision's `mlx.dtype`, else config torch_dtype /
+    text_config dtype), the model cast to it; else the dtype its weights were loaded in."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    dtype = config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    dtype = requested or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
     if dtype in CONVERSION_DTYPES:
         dtype = getattr(mx, dtype)
         _cast(model, dtype)
