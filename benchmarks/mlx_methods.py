@@ -76,14 +76,14 @@ def weights_folder(model: str, root: Path) -> Path:
     """The Hugging Face folder MLX quantizes `model` from (a GGUF source's float32 dequantization, in the store)."""
     from omegaconf import OmegaConf
 
-    from runner.backends.gguf_source import weights_folder as dequantized
+    from runner.backends.mlx import quantization_source
     from runner.model_source import resolve_model
     from runner.store import Store
 
     store = Store(root / "store")
     source_dir, source = resolve_model(OmegaConf.to_container(OmegaConf.load(REPO / "conf/model" / f"{model}.yaml")),
                                        store)
-    return dequantized(source, store) if source.gguf_path else source_dir
+    return quantization_source(source_dir, source, store)
 
 
 def embedding_8bit(model: str, root: Path) -> tuple[Path, float]:
@@ -91,7 +91,7 @@ def embedding_8bit(model: str, root: Path) -> tuple[Path, float]:
     gives the output 6 bits, Q8_0 where rows do not fit 256-blocks): the folder and its build seconds."""
     from mlx_lm import convert
 
-    out = root / "probes" / "mlx-4bit-embedding-output-8bit"
+    out = root / "probes" / model / "mlx-4bit-embedding-output-8bit"  # outputs dirs may hold several models
     seconds = out.with_suffix(".build_s")  # written last: the build finished
     if not seconds.exists():
         shutil.rmtree(out, ignore_errors=True)

@@ -213,11 +213,7 @@ class MLXBackend:
                 calibration: Any = None) -> ArtifactInfo:
         if precision.get("prebuilt"):
             return self._prebuilt(Path(precision["path"]), source, store)
-        tokenizer_dir = source_dir
-        if source.gguf_path:  # a model given as a GGUF file: MLX converts its dequantized weights
-            from runner.backends.gguf_source import weights_folder
-
-            source_dir = weights_folder(source, store)
+        tokenizer_dir, source_dir = source_dir, quantization_source(source_dir, source, store)
         params = dict(precision.get("mlx") or {})
         if params.get("dtype") not in (None, *mlx_methods.CONVERSION_DTYPES):  # mlx_lm.convert would ignore it
             raise ValueError(f"precision.mlx.dtype must be one of {', '.join(mlx_methods.CONVERSION_DTYPES)}, "
@@ -314,6 +310,15 @@ class MLXBackend:
 
     def load(self, artifact: ArtifactInfo, format_cfg: dict[str, Any]) -> MLXSession:
         return MLXSession(Path(artifact.path), self.runtime(format_cfg, artifact).compute_dtype)
+
+
+def quantization_source(source_dir: Path, source: ModelSourceInfo, store: Store) -> Path:
+    """The Hugging Face folder MLX quantizes: the model's own, or a GGUF source's dequantized weights (in the store)."""
+    if not source.gguf_path:
+        return source_dir
+    from runner.backends.gguf_source import weights_folder
+
+    return weights_folder(source, store)
 
 
 def _tensor_bytes(model_dir: Path) -> int:

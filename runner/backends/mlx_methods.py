@@ -364,7 +364,7 @@ def _name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
-def _conversion_dtype(model: Any, config: dict, requested: str | None = None) -> Any:
+def _conversion_dtype(model: Any, config: dict, requested: str | None) -> Any:
     """The dtype mlx_lm.convert saves this model in (the precision's `mlx.dtype`, else config torch_dtype /
     text_config dtype), the model cast to it; else the dtype its weights were loaded in."""
     import mlx.core as mx
